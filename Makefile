@@ -1,0 +1,33 @@
+# The two commands a newcomer needs (see README.md):
+#   make demo   - set up this machine, build the local cluster
+#   make test   - set up this machine, run every check and test
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+PLAYBOOKS := site.yml teardown.yml $(wildcard playbooks/*.yml)
+
+.PHONY: setup demo test lint unit teardown status
+
+setup:
+	scripts/setup
+
+demo: setup
+	ansible-playbook site.yml
+	scripts/podmigrate nodes
+
+test: lint
+	pytest
+
+lint: setup
+	yamllint --strict .
+	ansible-lint
+	ruff check .
+	for p in $(PLAYBOOKS); do ansible-playbook --syntax-check "$$p" >/dev/null || exit 1; done
+
+unit: setup
+	pytest tests/unit
+
+teardown: setup
+	ansible-playbook teardown.yml
+
+status:
+	scripts/podmigrate nodes

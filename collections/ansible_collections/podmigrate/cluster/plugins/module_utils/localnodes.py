@@ -1,0 +1,379 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Local test-cluster nodes: systemd-nspawn machines on a private bridge.
+
+Pure Python (no Ansible imports) so that the Ansible modules, the
+``scripts/podmigrate`` CLI and pytest all use the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+# Linux interface names are at most 15 bytes; systemd-nspawn names the host
+# side of a node's veth "vb-<machine>", so a 12-character name always fits.
+IFNAME_MAX = 15
+
+# What the node's systemd needs from its container manager on this host
+# (see docs/local-nodes.md): no seccomp filter (runc inside needs the
+# session keyring), writable /proc/sys and /sys, and cgroup v1 allowed.
+NSPAWN_ENV = {
+    "SYSTEMD_SECCOMP": "0",
+    "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "1",
+}
+
+
+def node_name_error(name):
+    """Return why ``name`` cannot be a node name, or None."""
+    if not NODE_NAME_RE.match(name or ""):
+        return (
+            f"node name {name!r} is not valid: use 1-12 characters, lower-case "
+            "letters, digits and '-', starting with a letter (it becomes the "
+            "hostname and the veth 'vb-<name>')"
+        )
+    return None
+
+
+def nspawn_argv(name, root, bridge):
+    """The command line that boots node ``name`` from ``root`` on ``bridge``."""
+    return [
+        "systemd-nspawn",
+        "--directory", root,
+        "--machine", name,
+        "--hostname", name,
+        "--register=no",
+        "--keep-unit",
+        "--boot",
+        "--capability=all",
+        "--network-bridge", bridge,
+        "--link-journal=no",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--console=read-only",
+        "--kill-signal=SIGRTMIN+3",
+        "--",
+        # systemd >= 256 refuses cgroup v1 unless told otherwise; this host
+        # only has cgroup v1 (hybrid), which we must not re-layout.
+        "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1",
+    ]
+
+
+def nspawn_env(base=None):
+    env = dict(os.environ if base is None else base)
+    env.update(NSPAWN_ENV)
+    return env
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def proc_cmdline(pid):
+    raw = _read(f"/proc/{pid}/cmdline")
+    if not raw:
+        return []
+    return [a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")]
+
+
+def nspawn_processes():
+    """Every running systemd-nspawn on this host: [{pid, machine, root}]."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = proc_cmdline(entry)
+        if not argv or os.path.basename(argv[0]) != "systemd-nspawn":
+            continue
+        found.append({"pid": int(entry), **parse_nspawn_argv(argv)})
+    return found
+
+
+def parse_nspawn_argv(argv):
+    """Machine name and root directory from a systemd-nspawn command line."""
+    out = {"machine": None, "root": None}
+    keys = {"--machine": "machine", "-M": "machine", "--directory": "root", "-D": "root"}
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        if arg in keys and i + 1 < len(argv):
+            out[keys[arg]] = argv[i + 1]
+            i += 2
+            continue
+        for opt, key in keys.items():
+            if opt.startswith("--") and arg.startswith(opt + "="):
+                out[key] = arg[len(opt) + 1:]
+        i += 1
+    return out
+
+
+def children(pid):
+    raw = _read(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in raw.split()] if raw else []
+
+
+class Node:
+    """One local node: its directory holds ``rootfs/``, ``nspawn.pid``, ``console.log``."""
+
+    def __init__(self, name, node_dir, bridge=None):
+        self.name = name
+        self.dir = os.path.abspath(node_dir)
+        self.root = os.path.join(self.dir, "rootfs")
+        self.bridge = bridge
+        self.pidfile = os.path.join(self.dir, "nspawn.pid")
+        self.logfile = os.path.join(self.dir, "console.log")
+
+    # -- process --------------------------------------------------------
+    def pid(self):
+        """PID of this node's systemd-nspawn if it is running, else None."""
+        raw = _read(self.pidfile)
+        if not raw:
+            return None
+        try:
+            pid = int(raw.strip())
+        except ValueError:
+            return None
+        argv = proc_cmdline(pid)
+        if not argv or os.path.basename(argv[0]) != "systemd-nspawn":
+            return None
+        info = parse_nspawn_argv(argv)
+        if info["machine"] != self.name or os.path.abspath(info["root"] or "") != self.root:
+            return None
+        return pid
+
+    def init_pid(self):
+        """PID (on the host) of the node's systemd, PID 1 inside it."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        kids = children(pid)
+        return kids[0] if kids else None
+
+    def nsenter(self, argv, timeout=30):
+        init = self.init_pid()
+        if init is None:
+            raise NodeError(f"node {self.name} is not running")
+        cmd = ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--", *argv]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def system_state(self):
+        """systemd's own word for the node: running, degraded, starting... or 'stopped'."""
+        if self.init_pid() is None:
+            return "stopped"
+        try:
+            res = self.nsenter(["systemctl", "is-system-running"], timeout=10)
+        except (subprocess.TimeoutExpired, NodeError):
+            return "unknown"
+        return res.stdout.strip() or "unknown"
+
+    def start(self, timeout=120):
+        """Boot the node; return True if it was started, False if it already ran."""
+        if self.pid() is not None:
+            return False
+        if not os.path.isfile(os.path.join(self.root, "etc", "os-release")):
+            raise NodeError(f"node {self.name}: no root filesystem at {self.root}")
+        with open(self.logfile, "ab") as log:
+            proc = subprocess.Popen(
+                nspawn_argv(self.name, self.root, self.bridge),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=nspawn_env(),
+                start_new_session=True,
+                close_fds=True,
+            )
+        with open(self.pidfile + ".tmp", "w") as f:
+            f.write(f"{proc.pid}\n")
+        os.replace(self.pidfile + ".tmp", self.pidfile)
+        self.wait_booted(timeout, proc)
+        return True
+
+    def wait_booted(self, timeout, proc=None):
+        deadline = time.monotonic() + timeout
+        state = "stopped"
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise NodeError(
+                    f"node {self.name}: systemd-nspawn exited with {proc.returncode}; "
+                    f"see {self.logfile}:\n{self.log_tail()}"
+                )
+            state = self.system_state()
+            if state in ("running", "degraded"):
+                return state
+            time.sleep(0.5)
+        raise NodeError(
+            f"node {self.name} did not finish booting in {timeout}s (systemd says {state!r}); "
+            f"see {self.logfile}:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout=60):
+        """Power the node off (SIGTERM makes nspawn ask systemd to shut down)."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                return True
+            _reap(pid)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        while self.pid() is not None:
+            _reap(pid)
+            time.sleep(0.1)
+        return True
+
+    def log_tail(self, lines=20):
+        raw = _read(self.logfile) or b""
+        return "\n".join(raw.decode(errors="replace").splitlines()[-lines:])
+
+    def status(self):
+        pid = self.pid()
+        return {
+            "name": self.name,
+            "dir": self.dir,
+            "pid": pid,
+            "init_pid": self.init_pid() if pid else None,
+            "state": self.system_state() if pid else "stopped",
+        }
+
+
+def _reap(pid):
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+class NodeError(Exception):
+    pass
+
+
+def list_nodes(state_dir):
+    """The nodes whose directories exist under ``state_dir``/nodes."""
+    base = os.path.join(state_dir, "nodes")
+    if not os.path.isdir(base):
+        return []
+    return [Node(n, os.path.join(base, n)) for n in sorted(os.listdir(base))
+            if os.path.isdir(os.path.join(base, n))]
+
+
+# -- host network -------------------------------------------------------------
+
+def ip_json(*args):
+    res = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=False)
+    if res.returncode != 0 or not res.stdout.strip():
+        return []
+    return json.loads(res.stdout)
+
+
+def validate(nodes, subnet, gateway, bridge, routes, running, is_root):
+    """Everything wrong with a requested set of local nodes, as messages.
+
+    nodes: [{"name", "address", "groups", "root"}]; subnet "10.x.y.0/24"; gateway the
+    host's address on the bridge; routes: ``ip -j route`` entries; running:
+    ``nspawn_processes()``; is_root: whether we run as root.
+    """
+    errors = []
+    if not is_root:
+        errors.append("the local provider must run as root (it creates a bridge and boots "
+                      "systemd-nspawn nodes); run ansible-playbook as root")
+    if not nodes:
+        errors.append("no nodes requested: the inventory's control_plane and workers "
+                      "groups are empty (at least one control-plane node is needed)")
+    try:
+        net = ipaddress.ip_network(subnet, strict=True)
+    except ValueError as exc:
+        return [*errors, f"local_nodes_subnet {subnet!r} is not a network: {exc}"]
+    if len(bridge) > IFNAME_MAX or not re.match(r"^[A-Za-z0-9_-]+$", bridge):
+        errors.append(f"bridge name {bridge!r} is not a valid interface name (max {IFNAME_MAX})")
+    try:
+        gw = ipaddress.ip_address(gateway)
+    except ValueError:
+        return [*errors, f"local_nodes_gateway {gateway!r} is not an address"]
+    if gw not in net or gw in (net.network_address, net.broadcast_address):
+        errors.append(f"gateway {gateway} is not a host address in {subnet}")
+
+    seen_addr = {str(gw): "the host's bridge address"}
+    cp = [n["name"] for n in nodes if "control_plane" in n.get("groups", [])]
+    if nodes and not cp:
+        errors.append("no node in the control_plane group")
+    for node in nodes:
+        name = node["name"]
+        err = node_name_error(name)
+        if err:
+            errors.append(err)
+        groups = node.get("groups", [])
+        if "control_plane" in groups and "workers" in groups:
+            errors.append(f"node {name} is in both control_plane and workers")
+        try:
+            addr = ipaddress.ip_address(node.get("address") or "")
+        except ValueError:
+            errors.append(f"node {name}: ansible_host {node.get('address')!r} is not an IP address")
+            continue
+        if addr not in net or addr in (net.network_address, net.broadcast_address):
+            errors.append(f"node {name}: address {addr} is not a host address in {subnet}")
+        if str(addr) in seen_addr:
+            errors.append(f"node {name}: address {addr} is already used by {seen_addr[str(addr)]}")
+        seen_addr[str(addr)] = f"node {name}"
+
+    for route in routes:
+        dst = route.get("dst")
+        if route.get("dev") == bridge or not dst or dst == "default":
+            continue
+        try:
+            other = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            continue
+        if other.version == net.version and other.overlaps(net):
+            errors.append(f"subnet {subnet} is already in use on this host: route {dst} "
+                          f"via dev {route.get('dev')}; choose another local_nodes_subnet")
+
+    roots = {n["name"]: n.get("root") for n in nodes}
+    for proc in running:
+        if proc["machine"] in roots and roots[proc["machine"]] != proc.get("root"):
+            errors.append(f"node name {proc['machine']} clashes with a machine already "
+                          f"running from {proc['root']} (pid {proc['pid']})")
+    return errors
+
+
+def detect_debian_mirror(texts):
+    """The Debian archive URL this host's apt uses, from sources files' text."""
+    for text in texts:
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("URIs:"):
+                for uri in line.split()[1:]:
+                    if "security" not in uri:
+                        return uri.rstrip("/")
+            elif line.startswith("deb ") and "security" not in line:
+                parts = re.sub(r"\[[^\]]*\]", " ", line).split()
+                if len(parts) >= 2 and "://" in parts[1]:
+                    return parts[1].rstrip("/")
+    return None
+
+
+def host_debian_mirror():
+    paths = ["/etc/apt/sources.list"]
+    d = "/etc/apt/sources.list.d"
+    if os.path.isdir(d):
+        paths += [os.path.join(d, f) for f in sorted(os.listdir(d))
+                  if f.endswith((".sources", ".list"))]
+    texts = []
+    for p in paths:
+        raw = _read(p)
+        if raw:
+            texts.append(raw.decode(errors="replace"))
+    return detect_debian_mirror(texts)
