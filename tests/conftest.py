@@ -49,7 +49,8 @@ def run_playbook(playbook: str, inventory: Path | str | None = None, extra_vars:
         home = Path(f"/tmp/podmigrate-test-home-{user}")
         home.mkdir(exist_ok=True)
         os.chown(home, user, user)
-        env["HOME"] = str(home)
+        env.update(HOME=str(home), ANSIBLE_LOCAL_TEMP=f"{home}/.ansible/tmp",
+                   ANSIBLE_REMOTE_TMP=f"{home}/.ansible/tmp")
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)

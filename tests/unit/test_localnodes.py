@@ -21,9 +21,9 @@ def good_nodes():
     return [node("cp1", "10.213.0.11", ["control_plane", "nodes"]), node("w1", "10.213.0.21")]
 
 
-def check(nodes=None, subnet=SUBNET, gateway=GW, bridge=BR, routes=(), running=(), is_root=True):
+def check(nodes=None, subnet=SUBNET, gateway=GW, bridge=BR, routes=(), running=()):
     return ln.validate(good_nodes() if nodes is None else nodes, subnet, gateway, bridge,
-                       list(routes), list(running), is_root)
+                       list(routes), list(running))
 
 
 def test_valid_request_has_no_errors():
@@ -32,7 +32,6 @@ def test_valid_request_has_no_errors():
 
 @pytest.mark.parametrize(("kwargs", "expected"), [
     ({"nodes": []}, "no nodes requested"),
-    ({"is_root": False}, "must run as root"),
     ({"nodes": [node("w1", "10.213.0.21")]}, "no node in the control_plane group"),
     ({"nodes": [node("cp1", "10.213.0.11", ["control_plane", "workers"])]}, "in both control_plane and workers"),
     ({"nodes": [node("Bad_Name", "10.213.0.11", ["control_plane"])]}, "is not valid"),
@@ -54,7 +53,7 @@ def test_each_bad_request_is_refused_with_a_clear_message(kwargs, expected):
 
 
 def test_all_problems_are_reported_at_once():
-    errors = check(nodes=[node("w1", "10.99.0.1")], is_root=False)
+    errors = check(nodes=[node("w1", "10.99.0.1")], bridge="x" * 16)
     assert len(errors) == 3, errors
 
 

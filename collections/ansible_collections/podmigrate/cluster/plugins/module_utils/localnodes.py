@@ -279,17 +279,14 @@ def ip_json(*args):
     return json.loads(res.stdout)
 
 
-def validate(nodes, subnet, gateway, bridge, routes, running, is_root):
+def validate(nodes, subnet, gateway, bridge, routes, running):
     """Everything wrong with a requested set of local nodes, as messages.
 
     nodes: [{"name", "address", "groups", "root"}]; subnet "10.x.y.0/24"; gateway the
     host's address on the bridge; routes: ``ip -j route`` entries; running:
-    ``nspawn_processes()``; is_root: whether we run as root.
+    ``nspawn_processes()``.
     """
     errors = []
-    if not is_root:
-        errors.append("the local provider must run as root (it creates a bridge and boots "
-                      "systemd-nspawn nodes); run ansible-playbook as root")
     if not nodes:
         errors.append("no nodes requested: the inventory's control_plane and workers "
                       "groups are empty (at least one control-plane node is needed)")
