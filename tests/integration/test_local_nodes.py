@@ -208,6 +208,16 @@ def test_nodes_reach_each_other_but_nothing_outside_their_bridge(cluster, decoy)
     assert routes == [f"{SUBNET} dev host0 proto kernel scope link src {cp}"], routes
 
 
+def test_nodes_install_packages_through_the_relay_and_reach_nothing_else_through_it(cluster):
+    state, addr = cluster["state"], NODES["pmt-w1"][0]
+    res = ssh(state, addr, "apt-get -q update >/dev/null && DEBIAN_FRONTEND=noninteractive "
+              "apt-get -q -y install --no-install-recommends hello >/dev/null && hello", timeout=600)
+    assert res.stdout.strip() == "Hello, world!", res.stderr[-2000:]
+    probe = ("python3 -c \"import http.client as h; c = h.HTTPConnection('{}', 3142, timeout=10); "
+             "c.request('GET', 'http://example.invalid/'); print(c.getresponse().status)\"")
+    assert ssh(state, addr, probe.format(GATEWAY)).stdout.strip() == "403"
+
+
 def test_a_second_run_changes_nothing_and_leaves_nodes_running(cluster):
     from ansible_collections.podmigrate.cluster.plugins.module_utils.localnodes import list_nodes
 

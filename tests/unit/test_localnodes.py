@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def test_a_node_whose_pidfile_names_another_process_is_not_running(tmp_path):
     # A stale pid file must never make us signal or nsenter an unrelated process.
     node_dir = tmp_path / "n1"
     node_dir.mkdir()
-    (node_dir / "nspawn.pid").write_text(f"{os.getpid()}\n")
+    (node_dir / "nspawn.pid").write_text(json.dumps({"pid": os.getpid(), "argv": ln.proc_cmdline(os.getpid())}))
     n = ln.Node("n1", str(node_dir))
     assert n.pid() is None
     assert n.status()["state"] == "stopped"
@@ -120,7 +121,7 @@ def test_a_process_named_systemd_nspawn_for_another_root_is_not_our_node(tmp_pat
             time.sleep(0.05)
         node_dir = tmp_path / "n1"
         node_dir.mkdir()
-        (node_dir / "nspawn.pid").write_text(f"{proc.pid}\n")
+        (node_dir / "nspawn.pid").write_text(json.dumps({"pid": proc.pid, "argv": ln.proc_cmdline(proc.pid)}))
         assert ln.Node("n1", str(node_dir)).pid() is None
         found = [p for p in ln.nspawn_processes() if p["pid"] == proc.pid]
         assert found == [{"pid": proc.pid, "machine": "n1", "root": "/elsewhere"}]
@@ -132,3 +133,32 @@ def test_a_process_named_systemd_nspawn_for_another_root_is_not_our_node(tmp_pat
 def test_start_refuses_a_node_without_a_root_filesystem(tmp_path):
     with pytest.raises(ln.NodeError, match="no root filesystem"):
         ln.Node("n1", str(tmp_path / "n1"), "br").start()
+
+
+def test_daemon_runs_detached_restarts_on_a_new_command_line_and_stops(tmp_path):
+    pidfile = str(tmp_path / "d.pid")
+    first = ln.Daemon(pidfile, ["sleep", "300"])
+    assert first.start() is True
+    pid = first.pid()
+    assert pid and ln.proc_cmdline(pid) == ["sleep", "300"]
+    assert first.start() is False and first.pid() == pid
+    second = ln.Daemon(pidfile, ["sleep", "301"])
+    assert second.running_as_wanted() is False
+    assert second.start() is True
+    assert second.pid() != pid and ln.proc_cmdline(pid) != ["sleep", "300"]
+    # Stopping needs no command line: the pid file records it.
+    assert ln.Daemon(pidfile).stop() is True
+    assert ln.Daemon(pidfile).pid() is None
+    assert ln.Daemon(pidfile).stop() is False
+
+
+def test_a_daemon_pid_file_does_not_claim_a_process_with_another_command_line(tmp_path):
+    pidfile = tmp_path / "d.pid"
+    pidfile.write_text(json.dumps({"pid": os.getpid(), "argv": ["sleep", "300"]}))
+    assert ln.Daemon(str(pidfile)).pid() is None
+    assert ln.Daemon(str(pidfile)).stop() is False
+
+
+def test_a_daemon_that_exits_at_once_is_reported_with_its_log(tmp_path):
+    with pytest.raises(ln.NodeError, match=r"(?s)did not start \(exit 3\).*cannot bind"):
+        ln.Daemon(str(tmp_path / "d.pid"), ["sh", "-c", "echo cannot bind >&2; sleep 0.05; exit 3"]).start()

@@ -139,15 +139,9 @@ class Node:
     # -- process --------------------------------------------------------
     def pid(self):
         """PID of this node's systemd-nspawn if it is running, else None."""
-        raw = _read(self.pidfile)
-        if not raw:
-            return None
-        try:
-            pid = int(raw.strip())
-        except ValueError:
-            return None
-        argv = proc_cmdline(pid)
-        if not argv or os.path.basename(argv[0]) != "systemd-nspawn":
+        pid, recorded = read_pidfile(self.pidfile)
+        argv = proc_cmdline(pid) if pid else []
+        if argv != recorded or not argv or os.path.basename(argv[0]) != "systemd-nspawn":
             return None
         info = parse_nspawn_argv(argv)
         if info["machine"] != self.name or os.path.abspath(info["root"] or "") != self.root:
@@ -185,19 +179,8 @@ class Node:
             return False
         if not os.path.isfile(os.path.join(self.root, "etc", "os-release")):
             raise NodeError(f"node {self.name}: no root filesystem at {self.root}")
-        with open(self.logfile, "ab") as log:
-            proc = subprocess.Popen(
-                nspawn_argv(self.name, self.root, self.bridge),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=nspawn_env(),
-                start_new_session=True,
-                close_fds=True,
-            )
-        with open(self.pidfile + ".tmp", "w") as f:
-            f.write(f"{proc.pid}\n")
-        os.replace(self.pidfile + ".tmp", self.pidfile)
+        proc = spawn_detached(nspawn_argv(self.name, self.root, self.bridge), self.pidfile, self.logfile,
+                              nspawn_env())
         self.wait_booted(timeout, proc)
         return True
 
@@ -221,21 +204,7 @@ class Node:
 
     def stop(self, timeout=60):
         """Power the node off (SIGTERM makes nspawn ask systemd to shut down)."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid() is None:
-                return True
-            _reap(pid)
-            time.sleep(0.2)
-        os.kill(pid, signal.SIGKILL)
-        while self.pid() is not None:
-            _reap(pid)
-            time.sleep(0.1)
-        return True
+        return terminate(self.pid, timeout)
 
     def log_tail(self, lines=20):
         raw = _read(self.logfile) or b""
@@ -252,9 +221,98 @@ class Node:
         }
 
 
+def read_pidfile(path):
+    """(pid, argv) recorded by ``spawn_detached``, or (None, None)."""
+    raw = _read(path)
+    try:
+        rec = json.loads(raw) if raw else {}
+        return int(rec["pid"]), list(rec["argv"])
+    except (ValueError, KeyError, TypeError):
+        return None, None
+
+
+def spawn_detached(argv, pidfile, logfile, env=None):
+    """Start ``argv`` in a session of its own, stdio on ``logfile``, so it outlives us."""
+    with open(logfile, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True, close_fds=True,
+        )
+    with open(pidfile + ".tmp", "w") as f:
+        json.dump({"pid": proc.pid, "argv": list(argv)}, f)
+    os.replace(pidfile + ".tmp", pidfile)
+    return proc
+
+
+def terminate(pid_of, timeout):
+    """SIGTERM the process ``pid_of()`` names, SIGKILL after ``timeout``; False if none ran."""
+    pid = pid_of()
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    killed = False
+    while pid_of() is not None:
+        if not killed and time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed = True
+        _reap(pid)
+        time.sleep(0.1)
+    return True
+
+
 def _reap(pid):
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+class Daemon:
+    """A detached helper process of ours, known by its pid file and exact command line.
+
+    The pid file records the command line it was started with; a live process only
+    counts as ours while its command line is still exactly that.
+    """
+
+    def __init__(self, pidfile, argv=None, logfile=None, env=None):
+        self.pidfile = pidfile
+        self.argv = list(argv) if argv is not None else None
+        self.logfile = logfile or os.path.splitext(pidfile)[0] + ".log"
+        self.env = env
+
+    def pid(self):
+        pid, argv = read_pidfile(self.pidfile)
+        return pid if pid and proc_cmdline(pid) == argv else None
+
+    def running_as_wanted(self):
+        _, argv = read_pidfile(self.pidfile)
+        return self.pid() is not None and argv == self.argv
+
+    def start(self, settle=0.5):
+        """Start it, or restart it if it runs with another command line; True if it did.
+
+        Raises NodeError if it has not started, or has exited again, ``settle`` seconds on.
+        """
+        if self.running_as_wanted():
+            return False
+        self.stop()
+        proc = spawn_detached(self.argv, self.pidfile, self.logfile, self.env)
+        deadline = time.monotonic() + 5
+        settled = None
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (_read(self.logfile) or b"").decode(errors="replace").splitlines()[-10:]
+                raise NodeError(f"{self.argv[0]} did not start (exit {proc.poll()}); "
+                                f"{self.logfile}:\n" + "\n".join(tail))
+            if self.pid() is not None:  # its command line shows once exec is done
+                settled = settled or time.monotonic() + settle
+                if time.monotonic() >= settled:
+                    return True
+            time.sleep(0.01)
+
+    def stop(self, timeout=10):
+        return terminate(self.pid, timeout)
 
 
 class NodeError(Exception):
