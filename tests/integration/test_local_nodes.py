@@ -1,156 +1,28 @@
-"""The local provider, end to end: real nodes booted by the real playbooks.
-
-Two nodes (one control plane, one worker) on a test bridge of their own, with a
-state directory of their own, so a cluster built by `make demo` can keep running.
-The base image cache is the project's, so it is built once per machine.
-"""
+"""The local provider, end to end: real nodes booted by the real playbooks (see conftest.py)."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_playbook
+from helpers import ROOT, run_playbook
+
+from integration.nodes import (
+    GATEWAY,
+    NODES,
+    SUBNET,
+    can_connect,
+    host_cgroup_mounts,
+    link_exists,
+    ssh,
+    write_inventory,
+)
 
 pytestmark = pytest.mark.nodes
-
-BRIDGE = "pmt-br0"
-SUBNET = "10.213.250.0/24"
-GATEWAY = "10.213.250.1"
-NODES = {"pmt-cp": ("10.213.250.11", "control_plane"), "pmt-w1": ("10.213.250.21", "workers")}
-# A host of our own outside the nodes' bridge: a network namespace with a
-# listener, to prove the nodes cannot reach what is not on their bridge.
-DECOY_NS, DECOY_HOST_IF, DECOY_HOST_IP, DECOY_IP = "pmt-decoy", "pmt-dcy0", "10.213.251.1", "10.213.251.2"
-
-
-def write_inventory(path: Path, state_dir: Path, nodes: dict, **overrides) -> Path:
-    groups = {"control_plane": {}, "workers": {}}
-    for name, (address, group) in nodes.items():
-        groups[group][name] = {"ansible_host": address}
-    lines = ["all:", "  hosts:", "    localhost:", "      ansible_connection: local",
-             "      ansible_python_interpreter: '{{ ansible_playbook_python }}'",
-             "  vars:", "    podmigrate_provider: local", f"    podmigrate_state_dir: {state_dir}",
-             f"    podmigrate_cache_dir: {ROOT / '.podmigrate' / 'cache'}",
-             f"    local_nodes_bridge: {overrides.get('bridge', BRIDGE)}",
-             f"    local_nodes_subnet: {overrides.get('subnet', SUBNET)}",
-             f"    local_nodes_gateway: {overrides.get('gateway', GATEWAY)}",
-             "  children:", "    nodes:", "      vars:",
-             "        ansible_user: root", "        ansible_python_interpreter: /usr/bin/python3",
-             f"        ansible_ssh_private_key_file: {state_dir}/ssh/id_ed25519",
-             f"        ansible_ssh_common_args: -o UserKnownHostsFile={state_dir}/ssh/known_hosts"
-             " -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
-             f"        ansible_control_path_dir: {state_dir}/ssh/cp",
-             "      children:"]
-    for group, hosts in groups.items():
-        lines += [f"        {group}:", "          hosts:" if hosts else "          hosts: {}"]
-        for name, hv in hosts.items():
-            lines += [f"            {name}:", f"              ansible_host: {hv['ansible_host']}"]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o644)
-    return path
-
-
-def ssh(state_dir: Path, address: str, command: str, timeout: int = 30) -> subprocess.CompletedProcess:
-    """Run a command on a node over real SSH, checking the generated host key."""
-    return subprocess.run(
-        ["ssh", "-i", f"{state_dir}/ssh/id_ed25519", "-o", f"UserKnownHostsFile={state_dir}/ssh/known_hosts",
-         "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-         "-o", "ConnectTimeout=10", f"root@{address}", command],
-        capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def our_processes(state_dir: Path) -> list[str]:
-    """Every process on this host whose command line mentions the state directory."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-        if str(state_dir) in cmd:
-            found.append(f"{pid}: {cmd}")
-    return found
-
-
-def our_mounts(state_dir: Path) -> list[str]:
-    return [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(state_dir) in line]
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, check=False).returncode == 0
-
-
-def host_cgroup_mounts() -> list[str]:
-    return sorted(line for line in Path("/proc/self/mounts").read_text().splitlines()
-                  if line.split()[2] in ("cgroup", "cgroup2") or line.split()[1] == "/sys/fs/cgroup")
-
-
-def can_connect(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def decoy():
-    """A test host of our own in a network namespace, not on the nodes' bridge."""
-    cmds = [["ip", "netns", "add", DECOY_NS],
-            ["ip", "link", "add", DECOY_HOST_IF, "type", "veth", "peer", "name", "eth0", "netns", DECOY_NS],
-            ["ip", "addr", "add", f"{DECOY_HOST_IP}/24", "dev", DECOY_HOST_IF],
-            ["ip", "link", "set", DECOY_HOST_IF, "up"],
-            ["ip", "-n", DECOY_NS, "addr", "add", f"{DECOY_IP}/24", "dev", "eth0"],
-            ["ip", "-n", DECOY_NS, "link", "set", "eth0", "up"],
-            ["ip", "-n", DECOY_NS, "link", "set", "lo", "up"]]
-    listener = None
-    try:
-        for cmd in cmds:
-            subprocess.run(cmd, check=True, capture_output=True)
-        listener = subprocess.Popen(
-            ["ip", "netns", "exec", DECOY_NS, sys.executable, "-c",
-             "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-             f"s.bind(('{DECOY_IP}',2222))\ns.listen()\ntime.sleep(900)"])
-        deadline = time.monotonic() + 10
-        while not can_connect(DECOY_IP, 2222) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        yield DECOY_IP
-    finally:
-        if listener is not None:
-            listener.kill()
-            listener.wait()
-        subprocess.run(["ip", "link", "del", DECOY_HOST_IF], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", DECOY_NS], capture_output=True, check=False)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Two real nodes built by site.yml; torn down by teardown.yml whatever happens."""
-    if os.geteuid() != 0:
-        pytest.fail("the local-node tests need root (systemd-nspawn, bridges)")
-    work = tmp_path_factory.mktemp("local-nodes")
-    work.chmod(0o755)
-    state = work / "state"
-    inventory = write_inventory(work / "hosts.yml", state, NODES)
-    cgroups_before = host_cgroup_mounts()
-    first = run_playbook("site.yml", inventory)
-    try:
-        assert first.rc == 0, first.output[-6000:]
-        yield {"state": state, "inventory": inventory, "first": first, "work": work,
-               "cgroups_before": cgroups_before}
-    finally:
-        run_playbook("teardown.yml", inventory)
 
 
 def test_site_builds_the_nodes_and_reports_changes(cluster):
@@ -277,19 +149,3 @@ def test_missing_privileges_are_refused(tmp_path):
     nodes = {"pmt-x1": ("10.213.253.11", "control_plane")}
     refused(tmp_path, nodes, "the local provider must run as root", user=65534,
             bridge="pmt-bad3", subnet="10.213.253.0/24", gateway="10.213.253.1")
-
-
-# -- teardown: last, on the same cluster ---------------------------------------
-
-def test_teardown_leaves_no_process_mount_bridge_or_file_of_ours(cluster):
-    state = cluster["state"]
-    assert our_processes(state), "the nodes should be running before teardown"
-    run = run_playbook("teardown.yml", cluster["inventory"])
-    assert run.rc == 0, run.output[-4000:]
-    assert our_processes(state) == []
-    assert our_mounts(state) == []
-    assert not link_exists(BRIDGE)
-    assert not any(link_exists(f"vb-{name}") for name in NODES)
-    assert sorted(os.listdir(state)) == []
-    again = run_playbook("teardown.yml", cluster["inventory"])
-    assert again.rc == 0 and again.changed() == 0, again.output[-3000:]
