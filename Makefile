@@ -16,6 +16,7 @@ demo: setup
 
 test: lint
 	pytest
+	molecule test -s node_roles
 
 lint: setup
 	yamllint --strict .

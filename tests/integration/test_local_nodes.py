@@ -67,6 +67,21 @@ def test_cgroup_hierarchies_are_writable_inside_the_nodes_and_the_hosts_are_unto
     assert host_cgroup_mounts() == cluster["cgroups_before"]
 
 
+def test_host_wide_kernel_settings_are_shadowed_inside_the_nodes(cluster):
+    paths = [Path("/proc/sys/kernel/panic"), Path("/proc/sys/vm/overcommit_memory")]
+    host_before = [p.read_text() for p in paths]
+    try:
+        res = ssh(cluster["state"], NODES["pmt-w1"][0],
+                  "cat /proc/sys/kernel/panic /proc/sys/vm/overcommit_memory; "
+                  "echo 10 > /proc/sys/kernel/panic && sysctl -q -w vm.overcommit_memory=1 && echo written")
+        assert res.stdout.split() == ["10", "1", "written"], res.stdout + res.stderr
+        assert [p.read_text() for p in paths] == host_before
+    finally:  # should the shadow ever fail, put the host's own values back
+        for path, value in zip(paths, host_before, strict=True):
+            if path.read_text() != value:
+                path.write_text(value)
+
+
 def test_nodes_reach_each_other_but_nothing_outside_their_bridge(cluster, decoy):
     state = cluster["state"]
     cp, w1 = NODES["pmt-cp"][0], NODES["pmt-w1"][0]
