@@ -16,7 +16,6 @@ demo: setup
 
 test: lint
 	pytest
-	molecule test -s node_roles
 
 lint: setup
 	yamllint --strict .
