@@ -31,7 +31,8 @@ class Upstream(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", "abc")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     do_HEAD = do_GET
 
@@ -45,7 +46,7 @@ def serve(server):
 @pytest.fixture
 def relay():
     upstream = serve(ThreadingHTTPServer(("127.0.0.1", 0), Upstream))
-    relay = serve(ThreadingHTTPServer(("127.0.0.1", 0), aptrelay.make_handler({"127.0.0.1"})))
+    relay = serve(aptrelay.RelayServer(("127.0.0.1", 0), aptrelay.make_handler({"127.0.0.1"})))
     yield f"127.0.0.1:{upstream.server_port}", relay.server_port
     for s in (upstream, relay):
         s.shutdown()

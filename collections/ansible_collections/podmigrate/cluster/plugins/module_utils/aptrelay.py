@@ -115,14 +115,25 @@ def make_handler(allowed):
     return Relay
 
 
+class RelayServer(ThreadingHTTPServer):
+    """A threading HTTP server for which a client hanging up is routine, not an error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bind", required=True)
     parser.add_argument("--port", type=int, default=3142)
     parser.add_argument("--allow", action="append", required=True, help="upstream host to relay to")
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer((args.bind, args.port), make_handler(set(args.allow)))
-    server.daemon_threads = True
+    server = RelayServer((args.bind, args.port), make_handler(set(args.allow)))
     sys.stderr.write(f"relaying for {sorted(set(args.allow))} on {args.bind}:{args.port}\n")
     server.serve_forever()
 
