@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PLAYBOOKS := site.yml teardown.yml $(wildcard playbooks/*.yml)
 
-.PHONY: setup demo test lint unit teardown status
+.PHONY: setup demo test lint unit teardown status artifacts
 
 setup:
 	scripts/setup
@@ -31,3 +31,6 @@ teardown: setup
 
 status:
 	scripts/podmigrate nodes
+
+artifacts: setup
+	scripts/build-artifacts
