@@ -1,8 +1,8 @@
 # The two commands a newcomer needs (see README.md):
-#   make demo   - set up this machine, build the local cluster
+#   make demo   - set up this machine, build the Kubernetes artifacts and the local cluster
 #   make test   - set up this machine, run every check and test
 SHELL := /bin/bash
-export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
 PLAYBOOKS := site.yml teardown.yml $(wildcard playbooks/*.yml)
 
 .PHONY: setup demo test lint unit teardown status artifacts
@@ -10,11 +10,11 @@ PLAYBOOKS := site.yml teardown.yml $(wildcard playbooks/*.yml)
 setup:
 	scripts/setup
 
-demo: setup
+demo: setup artifacts
 	ansible-playbook site.yml
 	scripts/podmigrate nodes
 
-test: lint
+test: lint artifacts
 	pytest
 
 lint: setup

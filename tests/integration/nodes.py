@@ -19,7 +19,8 @@ from helpers import ROOT
 BRIDGE = "pmt-br0"
 SUBNET = "10.213.250.0/24"
 GATEWAY = "10.213.250.1"
-NODES = {"pmt-cp": ("10.213.250.11", "control_plane"), "pmt-w1": ("10.213.250.21", "workers")}
+NODES = {"pmt-cp": ("10.213.250.11", "control_plane"), "pmt-w1": ("10.213.250.21", "workers"),
+         "pmt-w2": ("10.213.250.22", "workers")}
 # A host of our own outside the nodes' bridge: a network namespace with a
 # listener, to prove the nodes cannot reach what is not on their bridge.
 DECOY_NS, DECOY_HOST_IF, DECOY_HOST_IP, DECOY_IP = "pmt-decoy", "pmt-dcy0", "10.213.251.1", "10.213.251.2"

@@ -57,3 +57,50 @@ def test_tools_go_imports_every_command_under_a_build_tag():
     text = kubebuild.tools_go()
     assert text.startswith("//go:build tools\n")
     assert all(f'"k8s.io/kubernetes/cmd/{c}"' in text for c in kubebuild.COMMANDS)
+
+
+KUBEADM_IMAGES = """localhost/podmigrate/kube-apiserver:v1.34.2
+localhost/podmigrate/kube-controller-manager:v1.34.2
+localhost/podmigrate/kube-scheduler:v1.34.2
+localhost/podmigrate/kube-proxy:v1.34.2
+localhost/podmigrate/coredns:v1.12.1
+localhost/podmigrate/pause:3.10.1
+localhost/podmigrate/etcd:3.6.5-0
+"""
+
+
+def test_parse_image_list_splits_reference_name_and_tag():
+    images = kubebuild.parse_image_list(KUBEADM_IMAGES)
+    assert images[0] == ("localhost/podmigrate/kube-apiserver:v1.34.2", "kube-apiserver", "v1.34.2")
+    assert images[-1] == ("localhost/podmigrate/etcd:3.6.5-0", "etcd", "3.6.5-0")
+    assert len(images) == 7
+
+
+def test_every_image_kubeadm_lists_is_built_or_deliberately_skipped():
+    names = {name for _, name, _ in kubebuild.parse_image_list(KUBEADM_IMAGES)}
+    assert names == set(kubebuild.IMAGE_SOURCES) | set(kubebuild.SKIPPED_IMAGES)
+
+
+@pytest.mark.parametrize("ref", ["localhost:5000/pause", "pause", "a/b:c/d"])
+def test_parse_image_list_refuses_a_reference_without_a_tag(ref):
+    with pytest.raises(ValueError, match="without a tag"):
+        kubebuild.parse_image_list(ref)
+
+
+@pytest.mark.parametrize(("tag", "version"), [("3.6.5-0", "v3.6.5"), ("v1.12.1", "v1.12.1"), ("1.2.3", "v1.2.3")])
+def test_module_version_drops_the_image_revision(tag, version):
+    assert kubebuild.module_version(tag) == version
+
+
+def test_module_version_refuses_what_is_not_a_release():
+    with pytest.raises(ValueError, match="cannot tell"):
+        kubebuild.module_version("latest")
+
+
+def test_program_module_requires_the_program_and_imports_its_main_package():
+    gomod = kubebuild.program_gomod("go.etcd.io/etcd/server/v3", "v3.6.5")
+    assert gomod.startswith("module podmigrate.invalid/program-build\n")
+    assert "\nrequire go.etcd.io/etcd/server/v3 v3.6.5\n" in gomod
+    assert "replace" not in gomod
+    tools = kubebuild.program_tools_go("go.etcd.io/etcd/server/v3")
+    assert tools.startswith("//go:build tools\n") and 'import _ "go.etcd.io/etcd/server/v3"' in tools

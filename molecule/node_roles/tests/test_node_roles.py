@@ -16,7 +16,9 @@ def test_containerd_config_is_the_roles(host):
     assert config.mode == 0o644
     assert "version = 3" in config.content_string
     assert "SystemdCgroup = false" in config.content_string
-    assert 'sandbox = "registry.k8s.io/pause:3.10"' in config.content_string
+    assert 'sandbox = "localhost/podmigrate/pause:3.10.1"' in config.content_string
+    # the node cannot lower an OOM score (no CAP_SYS_RESOURCE): the role probed and restricted it
+    assert "restrict_oom_score_adj = true" in config.content_string
 
 
 def test_only_containerd_and_runc_come_from_sid(host):
@@ -37,3 +39,35 @@ def test_the_cri_plugins_are_loaded(host):
     plugins = host.check_output("ctr plugins ls")
     assert any(line.startswith("io.containerd.cri.v1") and line.rstrip().endswith("ok")
                for line in plugins.splitlines()), plugins
+
+
+ARTIFACT_IMAGES = ("kube-apiserver:v1.34.2", "kube-controller-manager:v1.34.2", "kube-scheduler:v1.34.2",
+                   "etcd:3.6.5-0", "coredns:v1.12.1", "pause:3.10.1")
+
+
+def test_kubernetes_binaries_are_the_pinned_release(host):
+    for command in ("kubeadm version -o short", "kubectl version --client -o json", "kubelet --version",
+                    "kube-proxy --version"):
+        assert "v1.34.2" in host.check_output(f"/usr/local/bin/{command}"), command
+
+
+def test_kubelet_is_enabled_with_kubeadms_drop_in(host):
+    assert host.service("kubelet").is_enabled
+    drop_in = host.file("/etc/systemd/system/kubelet.service.d/10-kubeadm.conf").content_string
+    assert "--config=/var/lib/kubelet/config.yaml" in drop_in
+    assert "ExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS" in drop_in
+
+
+def test_cluster_images_are_in_containerd_and_pinned(host):
+    listed = host.check_output("ctr --namespace k8s.io images list")
+    for image in ARTIFACT_IMAGES:
+        line = next((li for li in listed.splitlines() if li.startswith(f"localhost/podmigrate/{image} ")), None)
+        assert line is not None, (image, listed)
+        assert "io.cri-containerd.pinned=pinned" in line, line
+    assert host.file("/var/lib/podmigrate/images").mode == 0o700
+
+
+def test_checkpoints_are_root_only_and_forwarding_is_on(host):
+    checkpoints = host.file("/var/lib/kubelet/checkpoints")
+    assert checkpoints.is_directory and checkpoints.mode == 0o700 and checkpoints.user == "root"
+    assert host.file("/proc/sys/net/ipv4/ip_forward").content_string.strip() == "1"

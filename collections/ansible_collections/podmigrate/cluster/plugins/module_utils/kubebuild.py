@@ -64,3 +64,51 @@ def ldflags(version, commit="0" * 40, build_date="1970-01-01T00:00:00Z"):
     stamps = {"gitVersion": f"v1.{minor}.{patch}", "gitMajor": "1", "gitMinor": str(minor),
               "gitTreeState": "clean", "gitCommit": commit, "buildDate": build_date}
     return " ".join(["-s", "-w"] + [f"-X {pkg}.{k}={v}" for k, v in stamps.items()])
+
+
+# Where each image kubeadm asks for comes from. "bin": a Kubernetes binary built above;
+# "module": a Go program from the module proxy (the tag's "-N" image revision dropped);
+# "pause": tools/pause of this project. kube-proxy runs as a systemd service on the
+# nodes (it needs the node's iptables), so its image is not built.
+IMAGE_SOURCES = {
+    "kube-apiserver": {"bin": "kube-apiserver"},
+    "kube-controller-manager": {"bin": "kube-controller-manager"},
+    "kube-scheduler": {"bin": "kube-scheduler"},
+    "etcd": {"module": "go.etcd.io/etcd/server/v3", "path": "/usr/local/bin/etcd"},
+    "coredns": {"module": "github.com/coredns/coredns", "path": "/coredns", "entrypoint": ["/coredns"]},
+    "pause": {"pause": True, "path": "/pause", "entrypoint": ["/pause"]},
+}
+SKIPPED_IMAGES = ("kube-proxy",)
+
+
+def parse_image_list(text):
+    """[(reference, short name, tag)] of ``kubeadm config images list`` output."""
+    images = []
+    for line in text.split():
+        ref = line.strip()
+        repo, sep, tag = ref.rpartition(":")
+        if not sep or "/" in tag:
+            raise ValueError(f"image reference without a tag: {ref!r}")
+        images.append((ref, repo.rsplit("/", 1)[-1], tag))
+    return images
+
+
+def module_version(tag):
+    """The Go module version behind an image tag: "3.6.5-0" -> "v3.6.5", "v1.12.1" -> "v1.12.1"."""
+    m = re.match(r"^v?(\d+\.\d+\.\d+)(?:-\d+)?$", tag)
+    if not m:
+        raise ValueError(f"cannot tell the release of image tag {tag!r}")
+    return f"v{m.group(1)}"
+
+
+def program_gomod(module, version, name="podmigrate.invalid/program-build", go="1.24"):
+    """go.mod text of a module that builds ``module@version``'s main package.
+
+    ``go install module@version`` is refused when that module's go.mod has replace
+    directives (etcd's do); requiring it from a module of ours builds the same code."""
+    return f"module {name}\n\ngo {go}\n\nrequire {module} {version}\n"
+
+
+def program_tools_go(module):
+    """The import that makes ``go mod tidy`` record what ``module``'s main package needs."""
+    return f'//go:build tools\n\npackage tools\n\nimport _ "{module}"\n'

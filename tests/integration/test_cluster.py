@@ -1,0 +1,204 @@
+"""The Kubernetes cluster site.yml builds on local nodes: nodes, pod network, Services, checkpoint API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
+from kubernetes import client, config
+from kubernetes.stream import stream
+
+from integration.nodes import NODES, ssh
+
+pytestmark = pytest.mark.nodes
+
+IMAGE = "localhost/podmigrate/busybox:test"
+WORKERS = [name for name, (_, group) in NODES.items() if group == "workers"]
+CONTROL_PLANE = next(name for name, (_, group) in NODES.items() if group == "control_plane")
+# A web server whose page names its pod, and an in-memory counter the checkpoint carries.
+SERVE = ("mkdir -p /www && hostname > /www/index.html && httpd -p 8080 -h /www && "
+         "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
+
+
+def node_run(cluster, name, command, timeout=60):
+    res = ssh(cluster["state"], NODES[name][0], command, timeout=timeout)
+    assert res.returncode == 0, f"{name}: {command}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def api(cluster):
+    kubeconfig = cluster["state"] / "kubeconfig"
+    assert kubeconfig.stat().st_mode & 0o077 == 0, "the admin kubeconfig must be root-only"
+    return client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+
+
+@pytest.fixture(scope="module")
+def busybox(cluster, tmp_path_factory):
+    """A static busybox image from the project's OCI writer, imported into each worker's containerd."""
+    path = tmp_path_factory.mktemp("cluster-image") / "busybox.tar"
+    layer = ociimage.Layer().host_file("bin/busybox", "/bin/busybox", 0o755).dir("tmp", 0o1777)
+    for tool in ("sh", "httpd", "nc", "hostname", "mkdir", "cat", "sleep", "printf"):
+        layer.symlink(f"bin/{tool}", "busybox")
+    ociimage.write_archive(str(path), IMAGE, [layer], {"Cmd": ["/bin/sh"]})
+    state = cluster["state"]
+    for name in WORKERS:
+        subprocess.run(["scp", "-q", "-i", f"{state}/ssh/id_ed25519",
+                        "-o", f"UserKnownHostsFile={state}/ssh/known_hosts",
+                        "-o", "StrictHostKeyChecking=yes", str(path), f"root@{NODES[name][0]}:/tmp/busybox.tar"],
+                       check=True)
+        node_run(cluster, name, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def web(api, busybox):
+    """One web pod pinned to each worker, and a Service in front of the second one."""
+    pods = {}
+    for name in WORKERS:
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name=f"web-{name}", labels={"app": f"web-{name}"}),
+            spec=client.V1PodSpec(node_name=name, termination_grace_period_seconds=1, containers=[
+                client.V1Container(name="web", image=busybox, image_pull_policy="Never",
+                                   command=["/bin/sh", "-c", SERVE],
+                                   ports=[client.V1ContainerPort(container_port=8080)])]))
+        api.create_namespaced_pod("default", pod)
+        pods[name] = f"web-{name}"
+    api.create_namespaced_service("default", client.V1Service(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1ServiceSpec(selector={"app": f"web-{WORKERS[-1]}"},
+                                  ports=[client.V1ServicePort(port=80, target_port=8080)])))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = {n: api.read_namespaced_pod(p, "default").status for n, p in pods.items()}
+            if all(s.phase == "Running" and s.pod_ip for s in status.values()):
+                break
+            time.sleep(1)
+        yield {n: api.read_namespaced_pod(p, "default") for n, p in pods.items()}
+    finally:
+        api.delete_namespaced_service("web", "default")
+        for p in pods.values():
+            api.delete_namespaced_pod(p, "default", grace_period_seconds=0)
+
+
+def pod_exec(api, pod, command):
+    return stream(api.connect_get_namespaced_pod_exec, pod, "default", command=command,
+                  stderr=True, stdin=False, stdout=True, tty=False)
+
+
+def http_get(api, pod, address, port):
+    """The body of http://address:port/ as fetched from inside ``pod`` (busybox nc; its
+    static wget cannot resolve anything without the C library's NSS modules)."""
+    response = pod_exec(api, pod, ["sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {address} {port}"])
+    head, _, body = response.replace("\r\n", "\n").partition("\n\n")
+    return body.strip() if head.startswith("HTTP/1.") and " 200 " in head.splitlines()[0] else ""
+
+
+def test_every_node_is_ready_at_the_pinned_version(api):
+    nodes = {n.metadata.name: n for n in api.list_node().items}
+    assert sorted(nodes) == sorted(NODES)
+    for name, node in nodes.items():
+        ready = {c.type: c.status for c in node.status.conditions}["Ready"]
+        assert ready == "True", (name, node.status.conditions)
+        assert node.status.node_info.kubelet_version == "v1.34.2"
+        assert node.status.node_info.container_runtime_version.startswith("containerd://2.")
+
+
+def test_a_pod_runs_on_each_worker_with_a_pod_ip_from_its_node(api, web):
+    nodes = {n.metadata.name: n for n in api.list_node().items}
+    for name, pod in web.items():
+        assert pod.status.phase == "Running", pod.status
+        assert pod.spec.node_name == name
+        prefix = nodes[name].spec.pod_cidr.rsplit(".", 2)[0]
+        assert pod.status.pod_ip.startswith(prefix + "."), (pod.status.pod_ip, nodes[name].spec.pod_cidr)
+
+
+def test_a_pod_reaches_a_pod_on_the_other_worker_by_pod_ip(api, web):
+    first, second = WORKERS[0], WORKERS[-1]
+    page = http_get(api, web[first].metadata.name, web[second].status.pod_ip, 8080)
+    assert page == web[second].metadata.name
+
+
+def test_a_service_ip_reaches_its_pod_on_the_other_worker(api, web):
+    service = api.read_namespaced_service("web", "default")
+    page = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kube-proxy programs the rules a moment after the endpoints appear
+        page = http_get(api, web[WORKERS[0]].metadata.name, service.spec.cluster_ip, 80)
+        if page == web[WORKERS[-1]].metadata.name:
+            break
+        time.sleep(1)
+    assert page == web[WORKERS[-1]].metadata.name
+
+
+def kubelet_post(address, path, cert=None):
+    """POST to a kubelet's API over TLS, optionally with a client certificate (cert, key)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the kubelet's serving certificate is self-signed
+    if cert:
+        context.load_cert_chain(*cert)
+    request = urllib.request.Request(f"https://{address}:10250{path}", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=120) as response:  # noqa: S310 (https only)
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.fixture(scope="module")
+def client_certs(cluster, tmp_path_factory):
+    """The API server's kubelet client certificate, and kube-proxy's (a user without checkpoint rights)."""
+    work = tmp_path_factory.mktemp("certs")
+    work.chmod(0o700)
+    pki = "/etc/kubernetes/pki"
+    files = {"apiserver.crt": f"{pki}/apiserver-kubelet-client.crt",
+             "apiserver.key": f"{pki}/apiserver-kubelet-client.key"}
+    for local, remote in files.items():
+        (work / local).write_text(node_run(cluster, CONTROL_PLANE, f"cat {remote}"))
+        (work / local).chmod(0o600)
+    proxy = yaml.safe_load(node_run(cluster, CONTROL_PLANE, "cat /etc/kubernetes/kube-proxy.conf"))
+    user = proxy["users"][0]["user"]
+    for key, local in (("client-certificate-data", "proxy.crt"), ("client-key-data", "proxy.key")):
+        (work / local).write_bytes(base64.b64decode(user[key]))
+        (work / local).chmod(0o600)
+    return {"apiserver": (str(work / "apiserver.crt"), str(work / "apiserver.key")),
+            "proxy": (str(work / "proxy.crt"), str(work / "proxy.key"))}
+
+
+def test_the_checkpoint_api_writes_a_root_only_archive_for_an_authorised_client(api, cluster, web, client_certs):
+    name = WORKERS[0]
+    pod = web[name].metadata.name
+    status, body = kubelet_post(NODES[name][0], f"/checkpoint/default/{pod}/web", client_certs["apiserver"])
+    assert status == 200, body
+    archives = json.loads(body)["items"]
+    assert len(archives) == 1 and archives[0].startswith("/var/lib/kubelet/checkpoints/checkpoint-"), archives
+    out = node_run(cluster, name, f"stat -L -c '%a %s' {archives[0]} && tar -tf {archives[0]} && rm -f {archives[0]}")
+    mode, size = out.splitlines()[0].split()
+    assert mode == "600" and int(size) > 0, out
+    members = out.splitlines()[1:]
+    assert "checkpoint/pages-1.img" in members or any(m.startswith("checkpoint/pages-") for m in members), members
+    assert "config.dump" in members and "spec.dump" in members, members
+    # The checkpoint leaves the container running, where it was.
+    after = api.read_namespaced_pod(pod, "default").status
+    assert after.phase == "Running" and after.container_statuses[0].restart_count == 0
+
+
+def test_the_checkpoint_api_refuses_anonymous_and_unauthorised_clients(cluster, web, client_certs):
+    name = WORKERS[0]
+    path = f"/checkpoint/default/{web[name].metadata.name}/web"
+    status, body = kubelet_post(NODES[name][0], path)
+    assert status == 401, (status, body)
+    # kube-proxy's certificate is a valid cluster identity without the right: webhook authorisation, not AlwaysAllow.
+    status, body = kubelet_post(NODES[name][0], path, client_certs["proxy"])
+    assert status == 403, (status, body)
+    assert node_run(cluster, name, "ls -A /var/lib/kubelet/checkpoints/").strip() == ""

@@ -1,0 +1,3 @@
+module podmigrate.invalid/pause
+
+go 1.24
