@@ -1,0 +1,202 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pure parts of a pod migration: planning (every refusal before anything changes)
+and the restored pod's manifest.
+
+Pods, nodes and claims are plain dicts in the API's JSON shape (camelCase keys), as
+``kubernetes.core.k8s_info`` returns them and as the ``kubernetes`` client's
+``ApiClient().sanitize_for_serialization`` makes them, so this module needs neither.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+ORIGINAL_NAME = "podmigrate.io/migrated-from"
+ORIGINAL_NODE = "podmigrate.io/source-node"
+# The annotation containerd's (and CRI-O's) CRI reads on an image to restore a container
+# from the checkpoint archive in its layer instead of starting it afresh.
+CHECKPOINT_NAME_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+
+CONTROLLER_KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob",
+                    "ReplicationController")
+CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTPE]i?|e\d+|)$")
+MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+class MigrationError(Exception):
+    """A migration refused before anything changed; ``problems`` lists every reason."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def cpu_millis(quantity):
+    """Millicores of a CPU quantity ("250m", "1", "0.5")."""
+    m = CPU_RE.match(str(quantity).strip())
+    if not m:
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
+    value = float(m.group(1))
+    return round(value if m.group(2) else value * 1000)
+
+
+def memory_bytes(quantity):
+    """Bytes of a memory quantity ("128Mi", "1G", "1048576", "1e6")."""
+    m = MEMORY_RE.match(str(quantity).strip())
+    if not m:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    unit = m.group(2)
+    factor = 10 ** int(unit[1:]) if unit.startswith("e") else MEMORY_UNITS[unit]
+    return int(float(m.group(1)) * factor)
+
+
+def pod_requests(pod):
+    """(millicores, bytes) the scheduler counts for a pod: the sum over its containers, or
+    its largest init container's, whichever is more."""
+    spec = pod.get("spec", {})
+
+    def total(containers):
+        cpu = mem = 0
+        for c in containers or []:
+            req = (c.get("resources") or {}).get("requests") or {}
+            cpu += cpu_millis(req["cpu"]) if "cpu" in req else 0
+            mem += memory_bytes(req["memory"]) if "memory" in req else 0
+        return cpu, mem
+
+    cpu, mem = total(spec.get("containers"))
+    for init in spec.get("initContainers") or []:
+        icpu, imem = total([init])
+        cpu, mem = max(cpu, icpu), max(mem, imem)
+    return cpu, mem
+
+
+def node_ready(node):
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def node_room(node, pods_on_node):
+    """(millicores, bytes) still free on a node for requests."""
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    cpu = cpu_millis(allocatable.get("cpu", "0"))
+    mem = memory_bytes(allocatable.get("memory", "0"))
+    for pod in pods_on_node:
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        pcpu, pmem = pod_requests(pod)
+        cpu, mem = cpu - pcpu, mem - pmem
+    return cpu, mem
+
+
+def _volume_problems(pod, claims):
+    problems = []
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        name = volume.get("name")
+        if "hostPath" in volume:
+            problems.append(f"volume {name!r} is a hostPath: its files stay on the source node")
+        elif "persistentVolumeClaim" in volume:
+            claim_name = volume["persistentVolumeClaim"].get("claimName")
+            claim = claims.get(claim_name)
+            if claim is None:
+                problems.append(f"volume {name!r}: claim {claim_name!r} not found")
+                continue
+            modes = ((claim.get("status") or {}).get("accessModes")
+                     or (claim.get("spec") or {}).get("accessModes") or [])
+            if "ReadWriteMany" not in modes:
+                held = "/".join(modes) or "without access modes"
+                problems.append(f"volume {name!r}: claim {claim_name!r} is {held}, not ReadWriteMany: "
+                                "the target node could not mount it while the source still runs")
+    return problems
+
+
+def plan(pod, nodes, pods_by_node, claims=None, target=None):
+    """Check that ``pod`` can move, pick the target; return (source node, target node).
+
+    nodes: {name: node}; pods_by_node: {node name: [pods]}; claims: {name: PVC} of the
+    pod's namespace. Raises MigrationError with every problem found.
+    """
+    claims = claims or {}
+    problems = []
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    ref = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+    source = spec.get("nodeName")
+    if status.get("phase") != "Running":
+        problems.append(f"pod {ref} is {status.get('phase') or 'in no phase'}, not Running")
+    if spec.get("hostNetwork"):
+        problems.append(f"pod {ref} uses the host's network: its addresses are the source node's")
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("controller") and owner.get("kind") in CONTROLLER_KINDS:
+            problems.append(f"pod {ref} is managed by {owner['kind']} {owner.get('name')}: the controller would "
+                            "replace or fight the moved pod (migrating controlled pods is not supported yet)")
+    problems += _volume_problems(pod, claims)
+    if target is not None:
+        if target not in nodes:
+            problems.append(f"node {target!r} not found (nodes: {', '.join(sorted(nodes))})")
+        elif target == source:
+            problems.append(f"pod {ref} already runs on {target}")
+        else:
+            problems += _target_problems(pod, nodes[target], pods_by_node.get(target, []))
+        chosen = target
+    else:
+        chosen = None
+        candidates = [n for n in sorted(nodes) if n != source]
+        for name in candidates:
+            if not _target_problems(pod, nodes[name], pods_by_node.get(name, [])):
+                chosen = name
+                break
+        if chosen is None:
+            problems.append(f"no node can take pod {ref}: "
+                            + ("; ".join(f"{n}: {', '.join(_target_problems(pod, nodes[n], pods_by_node.get(n, [])))}"
+                                         for n in candidates) or "there is no other node"))
+    if problems:
+        raise MigrationError(problems)
+    return source, chosen
+
+
+def _target_problems(pod, node, pods_on_node):
+    name = (node.get("metadata") or {}).get("name")
+    problems = []
+    if not node_ready(node):
+        problems.append(f"node {name} is not Ready")
+    if (node.get("spec") or {}).get("unschedulable"):
+        problems.append(f"node {name} is cordoned")
+    cpu, mem = pod_requests(pod)
+    free_cpu, free_mem = node_room(node, pods_on_node)
+    if cpu > free_cpu or mem > free_mem:
+        problems.append(f"node {name} has no room: the pod requests {cpu}m CPU and {mem} bytes, "
+                        f"{max(free_cpu, 0)}m and {max(free_mem, 0)} bytes are free")
+    return problems
+
+
+def restored_pod(pod, target, images, suffix):
+    """The manifest of the pod restored on ``target``.
+
+    images: {container name: checkpoint image reference}. Labels are kept (Services follow
+    the pod), the original name and node are recorded in annotations, each container's
+    image is its checkpoint image, and the pod is bound to the target node.
+    """
+    meta, spec = pod.get("metadata") or {}, copy.deepcopy(pod.get("spec") or {})
+    missing = [c["name"] for c in spec.get("containers", []) if c["name"] not in images]
+    if missing:
+        raise ValueError(f"no checkpoint image for container(s) {', '.join(missing)}")
+    if not re.match(r"^[a-z0-9]{1,10}$", suffix):
+        raise ValueError(f"suffix must be 1-10 lower-case letters or digits: {suffix!r}")
+    base = meta.get("annotations", {}).get(ORIGINAL_NAME, meta["name"])
+    name = f"{base[:63 - len(suffix) - 1]}-{suffix}"
+    for container in spec["containers"]:
+        container["image"] = images[container["name"]]
+        container["imagePullPolicy"] = "Never"
+    for key in ("nodeName", "nodeSelector", "affinity", "schedulerName"):
+        spec.pop(key, None)
+    spec["nodeName"] = target
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if not k.startswith("kubectl.kubernetes.io/last-applied")}
+    annotations[ORIGINAL_NAME] = base
+    annotations[ORIGINAL_NODE] = (pod.get("spec") or {}).get("nodeName", "")
+    metadata = {"name": name, "namespace": meta.get("namespace", "default"),
+                "labels": dict(meta.get("labels") or {}), "annotations": annotations}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}

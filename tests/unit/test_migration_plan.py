@@ -1,0 +1,160 @@
+"""The migration engine's pure parts: planning refusals, target choice, the restored pod."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from ansible_collections.podmigrate.cluster.plugins.module_utils import migration
+
+
+def node(name, ready=True, cpu="2", memory="4Gi", cordoned=False):
+    return {"metadata": {"name": name}, "spec": {"unschedulable": cordoned},
+            "status": {"allocatable": {"cpu": cpu, "memory": memory},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def pod(name="counter", node_name="w1", phase="Running", cpu="250m", memory="256Mi", **spec):
+    return {"metadata": {"name": name, "namespace": "default", "labels": {"app": name},
+                         "annotations": {"note": "kept"}, "uid": "u-1", "resourceVersion": "7"},
+            "spec": {"nodeName": node_name, "containers": [
+                {"name": "app", "image": "counter:1", "resources": {"requests": {"cpu": cpu, "memory": memory}}}],
+                **spec},
+            "status": {"phase": phase, "podIP": "10.244.1.5"}}
+
+
+NODES = {"cp": node("cp"), "w1": node("w1"), "w2": node("w2")}
+
+
+@pytest.mark.parametrize(("quantity", "millis"), [("250m", 250), ("1", 1000), ("0.5", 500), ("2", 2000)])
+def test_cpu_quantities(quantity, millis):
+    assert migration.cpu_millis(quantity) == millis
+
+
+@pytest.mark.parametrize(("quantity", "size"), [("128Mi", 128 * 2**20), ("1G", 10**9), ("1048576", 2**20),
+                                                 ("1e6", 10**6), ("1.5Gi", 3 * 2**29)])
+def test_memory_quantities(quantity, size):
+    assert migration.memory_bytes(quantity) == size
+
+
+def test_a_quantity_that_is_not_one_is_refused():
+    with pytest.raises(ValueError, match="not a memory quantity"):
+        migration.memory_bytes("lots")
+
+
+def test_requests_sum_containers_and_count_the_largest_init_container():
+    p = pod(cpu="100m", memory="100Mi")
+    p["spec"]["containers"].append({"name": "side", "resources": {"requests": {"cpu": "100m"}}})
+    assert migration.pod_requests(p) == (200, 100 * 2**20)
+    p["spec"]["initContainers"] = [{"name": "init", "resources": {"requests": {"cpu": "1", "memory": "10Mi"}}}]
+    assert migration.pod_requests(p) == (1000, 100 * 2**20)
+
+
+def test_a_named_target_that_can_take_the_pod_is_planned():
+    assert migration.plan(pod(), NODES, {"w1": [pod()]}, target="w2") == ("w1", "w2")
+
+
+def test_without_a_target_the_first_other_node_with_room_is_chosen():
+    nodes = dict(NODES, cp=node("cp", ready=False))
+    assert migration.plan(pod(), nodes, {}) == ("w1", "w2")
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("w9", "node 'w9' not found"),
+    ("w1", "already runs on w1"),
+])
+def test_unknown_or_same_node_is_refused(target, message):
+    with pytest.raises(migration.MigrationError, match=message):
+        migration.plan(pod(), NODES, {}, target=target)
+
+
+def test_a_target_not_ready_cordoned_or_full_is_refused_with_each_reason():
+    nodes = dict(NODES, w2=node("w2", ready=False, cordoned=True, memory="100Mi"))
+    with pytest.raises(migration.MigrationError) as err:
+        migration.plan(pod(), nodes, {}, target="w2")
+    text = str(err.value)
+    assert "not Ready" in text and "cordoned" in text and "no room" in text
+
+
+def test_room_counts_the_pods_already_on_the_target_but_not_finished_ones():
+    nodes = dict(NODES, w2=node("w2", memory="512Mi"))
+    running = pod("other", "w2", memory="300Mi")
+    finished = pod("done", "w2", phase="Succeeded", memory="300Mi")
+    with pytest.raises(migration.MigrationError, match="no room"):
+        migration.plan(pod(), nodes, {"w2": [running]}, target="w2")
+    assert migration.plan(pod(), nodes, {"w2": [finished]}, target="w2") == ("w1", "w2")
+
+
+def test_every_problem_of_the_pod_is_listed_at_once():
+    bad = pod(phase="Pending", hostNetwork=True, volumes=[{"name": "data", "hostPath": {"path": "/srv"}}])
+    bad["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "web-1", "controller": True}]
+    with pytest.raises(migration.MigrationError) as err:
+        migration.plan(bad, NODES, {}, target="w2")
+    assert len(err.value.problems) == 4, err.value.problems
+    text = str(err.value)
+    for expected in ("Pending, not Running", "host's network", "ReplicaSet web-1", "hostPath"):
+        assert expected in text
+
+
+def test_claims_must_be_read_write_many():
+    volumes = [{"name": "a", "persistentVolumeClaim": {"claimName": "rwo"}},
+               {"name": "b", "persistentVolumeClaim": {"claimName": "rwx"}},
+               {"name": "c", "persistentVolumeClaim": {"claimName": "gone"}}]
+    claims = {"rwo": {"status": {"accessModes": ["ReadWriteOnce"]}},
+              "rwx": {"status": {"accessModes": ["ReadWriteMany"]}}}
+    with pytest.raises(migration.MigrationError) as err:
+        migration.plan(pod(volumes=volumes), NODES, {}, claims, target="w2")
+    assert err.value.problems == [
+        "volume 'a': claim 'rwo' is ReadWriteOnce, not ReadWriteMany: the target node could not mount it "
+        "while the source still runs",
+        "volume 'c': claim 'gone' not found"]
+
+
+def test_empty_dir_config_map_and_a_bare_pod_are_accepted():
+    ok = pod(volumes=[{"name": "scratch", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "c"}}])
+    ok["metadata"]["ownerReferences"] = [{"kind": "Node", "name": "w1", "controller": False}]
+    assert migration.plan(ok, NODES, {}, target="w2") == ("w1", "w2")
+
+
+def test_no_other_node_able_to_take_the_pod_says_why_for_each():
+    nodes = {"w1": node("w1"), "w2": node("w2", ready=False)}
+    with pytest.raises(migration.MigrationError, match="no node can take pod default/counter: w2: node w2 is not"):
+        migration.plan(pod(), nodes, {})
+
+
+def test_the_restored_pod_keeps_labels_and_spec_and_runs_the_checkpoint_images_on_the_target():
+    source = pod(nodeSelector={"disk": "ssd"})
+    before = copy.deepcopy(source)
+    restored = migration.restored_pod(source, "w2", {"app": "localhost/podmigrate/checkpoint/counter-app:a1b2"}, "a1b2")
+    assert source == before, "the source's manifest must not change"
+    assert restored["metadata"]["name"] == "counter-a1b2"
+    assert restored["metadata"]["labels"] == {"app": "counter"}
+    assert restored["metadata"]["annotations"] == {"note": "kept", migration.ORIGINAL_NAME: "counter",
+                                                   migration.ORIGINAL_NODE: "w1"}
+    assert "uid" not in restored["metadata"] and "resourceVersion" not in restored["metadata"]
+    assert "status" not in restored
+    spec = restored["spec"]
+    assert spec["nodeName"] == "w2" and "nodeSelector" not in spec
+    container = spec["containers"][0]
+    assert container["image"] == "localhost/podmigrate/checkpoint/counter-app:a1b2"
+    assert container["imagePullPolicy"] == "Never"
+    assert container["resources"] == source["spec"]["containers"][0]["resources"]
+
+
+def test_a_pod_moved_twice_keeps_its_original_name():
+    once = migration.restored_pod(pod(), "w2", {"app": "img:1"}, "aaaa")
+    once["status"] = {"phase": "Running"}
+    twice = migration.restored_pod(once, "w1", {"app": "img:2"}, "bbbb")
+    assert twice["metadata"]["name"] == "counter-bbbb"
+    assert twice["metadata"]["annotations"][migration.ORIGINAL_NAME] == "counter"
+    assert twice["metadata"]["annotations"][migration.ORIGINAL_NODE] == "w2"
+
+
+def test_a_long_name_is_cut_to_fit_with_its_suffix():
+    restored = migration.restored_pod(pod(name="x" * 63), "w2", {"app": "img:1"}, "abcdef")
+    assert len(restored["metadata"]["name"]) == 63 and restored["metadata"]["name"].endswith("-abcdef")
+
+
+def test_every_container_needs_a_checkpoint_image():
+    with pytest.raises(ValueError, match="no checkpoint image for container"):
+        migration.restored_pod(pod(), "w2", {}, "abcd")
