@@ -158,3 +158,31 @@ def test_a_long_name_is_cut_to_fit_with_its_suffix():
 def test_every_container_needs_a_checkpoint_image():
     with pytest.raises(ValueError, match="no checkpoint image for container"):
         migration.restored_pod(pod(), "w2", {}, "abcd")
+
+
+def test_a_checkpoint_image_is_the_archive_as_one_layer_with_containerds_annotation(tmp_path):
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
+
+    archive = tmp_path / "checkpoint.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (("config.dump", b'{"id": "c1"}'), ("checkpoint/pages-1.img", b"\x00" * 4096)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "image.tar"
+    digest = migration.write_checkpoint_image(str(archive), str(out), "localhost/podmigrate/checkpoint/app:1", "app")
+    index, blobs = ociimage.read_archive(str(out))
+    entry = index["manifests"][0]
+    assert entry["digest"] == digest
+    assert entry["annotations"]["io.containerd.image.name"] == "localhost/podmigrate/checkpoint/app:1"
+    manifest = json.loads(blobs[digest])
+    assert manifest["annotations"] == {migration.CHECKPOINT_NAME_ANNOTATION: "app"}
+    (layer,) = manifest["layers"]
+    raw = archive.read_bytes()
+    assert layer["mediaType"] == ociimage.MEDIA_LAYER_TAR
+    assert blobs[layer["digest"]] == raw and layer["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()

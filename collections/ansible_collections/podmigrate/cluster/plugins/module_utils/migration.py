@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import re
 
+from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
+
 ORIGINAL_NAME = "podmigrate.io/migrated-from"
 ORIGINAL_NODE = "podmigrate.io/source-node"
 # The annotation containerd's (and CRI-O's) CRI reads on an image to restore a container
@@ -200,3 +202,17 @@ def restored_pod(pod, target, images, suffix):
     metadata = {"name": name, "namespace": meta.get("namespace", "default"),
                 "labels": dict(meta.get("labels") or {}), "annotations": annotations}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def write_checkpoint_image(archive, out, reference, container):
+    """Write an OCI image archive at ``out`` whose one layer is the kubelet's checkpoint
+    ``archive`` (an uncompressed tar: checkpoint/, config.dump, spec.dump, rootfs-diff.tar)
+    and whose manifest carries the annotation containerd's CRI reads to restore
+    ``container`` from it. Returns the manifest digest.
+
+    containerd reads the annotation from the image's target blob, our manifest; nothing
+    is compressed (the checkpoint is restored on this same node once imported)."""
+    with open(archive, "rb") as f:
+        layer = f.read()
+    return ociimage.write_archive(out, reference, [layer], config={},
+                                  annotations={CHECKPOINT_NAME_ANNOTATION: container}, compress=False)
