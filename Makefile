@@ -13,6 +13,7 @@ setup:
 demo: setup artifacts
 	ansible-playbook site.yml
 	scripts/podmigrate nodes
+	$$(ls -d .podmigrate/cache/artifacts/kubernetes-v*/bin/kubectl | tail -n 1) --kubeconfig .podmigrate/kubeconfig get nodes -o wide
 
 test: lint artifacts
 	pytest

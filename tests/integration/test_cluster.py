@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 import yaml
 from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
+from helpers import run_playbook
 from kubernetes import client, config
 from kubernetes.stream import stream
 
@@ -202,3 +203,19 @@ def test_the_checkpoint_api_refuses_anonymous_and_unauthorised_clients(cluster, 
     status, body = kubelet_post(NODES[name][0], path, client_certs["proxy"])
     assert status == 403, (status, body)
     assert node_run(cluster, name, "ls -A /var/lib/kubelet/checkpoints/").strip() == ""
+
+
+def test_a_cni_file_newer_than_containerd_gets_containerd_restarted_even_without_a_handler(cluster, api):
+    """A run cut short after writing the CNI file used to leave containerd blind to it
+    (its handler never ran): the role now compares the two ages on the node."""
+    name = WORKERS[0]
+    pid = node_run(cluster, name, "systemctl show --property MainPID --value containerd").strip()
+    node_run(cluster, name, "sleep 1; touch /etc/cni/net.d/10-podmigrate.conflist")
+    run = run_playbook("playbooks/cluster.yml", cluster["inventory"])
+    assert run.rc == 0, run.output[-4000:]
+    recap = run.recap()
+    assert recap[name]["changed"] == 1, run.output[-4000:]
+    assert all(recap[other]["changed"] == 0 for other in NODES if other != name), recap
+    assert node_run(cluster, name, "systemctl show --property MainPID --value containerd").strip() != pid
+    ready = {c.type: c.status for c in api.read_node(name).status.conditions}["Ready"]
+    assert ready == "True"
