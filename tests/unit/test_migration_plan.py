@@ -181,7 +181,8 @@ def test_a_checkpoint_image_is_the_archive_as_one_layer_with_containerds_annotat
     assert entry["digest"] == digest
     assert entry["annotations"]["io.containerd.image.name"] == "localhost/podmigrate/checkpoint/app:1"
     manifest = json.loads(blobs[digest])
-    assert manifest["annotations"] == {migration.CHECKPOINT_NAME_ANNOTATION: "app"}
+    assert manifest["annotations"] == {"org.criu.checkpoint.container.name": "app",
+                                       "io.kubernetes.cri-o.annotations.checkpoint.name": "app"}
     (layer,) = manifest["layers"]
     raw = archive.read_bytes()
     assert layer["mediaType"] == ociimage.MEDIA_LAYER_TAR

@@ -17,9 +17,11 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
 
 ORIGINAL_NAME = "podmigrate.io/migrated-from"
 ORIGINAL_NODE = "podmigrate.io/source-node"
-# The annotation containerd's (and CRI-O's) CRI reads on an image to restore a container
-# from the checkpoint archive in its layer instead of starting it afresh.
-CHECKPOINT_NAME_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+# The annotation a CRI reads on an image to restore a container from the checkpoint
+# archive in its layer instead of starting it afresh: containerd 2.1 (checkpointctl 1.3)
+# reads the first, older CRI-O the second; a checkpoint image carries both.
+CHECKPOINT_NAME_ANNOTATION = "org.criu.checkpoint.container.name"
+CRIO_CHECKPOINT_NAME_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
 
 CONTROLLER_KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob",
                     "ReplicationController")
@@ -215,4 +217,5 @@ def write_checkpoint_image(archive, out, reference, container):
     with open(archive, "rb") as f:
         layer = f.read()
     return ociimage.write_archive(out, reference, [layer], config={},
-                                  annotations={CHECKPOINT_NAME_ANNOTATION: container}, compress=False)
+                                  annotations={CHECKPOINT_NAME_ANNOTATION: container,
+                                               CRIO_CHECKPOINT_NAME_ANNOTATION: container}, compress=False)
