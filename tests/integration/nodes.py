@@ -1,6 +1,6 @@
 """Real local nodes for the integration tests: constants and helpers.
 
-Two nodes (one control plane, one worker) on a test bridge of their own, with a
+Three nodes (one control plane, two workers) on a test bridge of their own, with a
 state directory of their own, so a cluster built by `make demo` can keep running.
 The base image cache is the project's, so it is built once per machine. The nodes
 are shared by every integration test (conftest.py) and torn down at the end by the
@@ -14,6 +14,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
 from helpers import ROOT
 
 BRIDGE = "pmt-br0"
@@ -53,13 +54,31 @@ def write_inventory(path: Path, state_dir: Path, nodes: dict, **overrides) -> Pa
     return path
 
 
+def ssh_options(state_dir: Path) -> list[str]:
+    """Options of ssh and scp: the generated key, checking the generated host key."""
+    return ["-i", f"{state_dir}/ssh/id_ed25519", "-o", f"UserKnownHostsFile={state_dir}/ssh/known_hosts",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10"]
+
+
 def ssh(state_dir: Path, address: str, command: str, timeout: int = 30) -> subprocess.CompletedProcess:
     """Run a command on a node over real SSH, checking the generated host key."""
-    return subprocess.run(
-        ["ssh", "-i", f"{state_dir}/ssh/id_ed25519", "-o", f"UserKnownHostsFile={state_dir}/ssh/known_hosts",
-         "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-         "-o", "ConnectTimeout=10", f"root@{address}", command],
-        capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(["ssh", *ssh_options(state_dir), f"root@{address}", command],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def scp(state_dir: Path, source: Path, address: str, dest: str) -> None:
+    """Copy a file to a node over real SSH."""
+    subprocess.run(["scp", "-q", *ssh_options(state_dir), str(source), f"root@{address}:{dest}"], check=True)
+
+
+def write_busybox_image(path: Path, name: str, tools: tuple[str, ...]) -> None:
+    """A static busybox image written by the project's OCI writer: busybox, a link per
+    tool, a world-writable /tmp."""
+    layer = ociimage.Layer().host_file("bin/busybox", "/bin/busybox", 0o755).dir("tmp", 0o1777)
+    for tool in tools:
+        layer.symlink(f"bin/{tool}", "busybox")
+    ociimage.write_archive(str(path), name, [layer], {"Cmd": ["/bin/sh"]})
 
 
 def our_processes(state_dir: Path) -> list[str]:

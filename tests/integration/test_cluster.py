@@ -5,19 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 import yaml
-from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
 from helpers import run_playbook
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from integration.nodes import NODES, ssh
+from integration.nodes import NODES, scp, ssh, write_busybox_image
 
 pytestmark = pytest.mark.nodes
 
@@ -46,16 +44,9 @@ def api(cluster):
 def busybox(cluster, tmp_path_factory):
     """A static busybox image from the project's OCI writer, imported into each worker's containerd."""
     path = tmp_path_factory.mktemp("cluster-image") / "busybox.tar"
-    layer = ociimage.Layer().host_file("bin/busybox", "/bin/busybox", 0o755).dir("tmp", 0o1777)
-    for tool in ("sh", "httpd", "nc", "hostname", "mkdir", "cat", "sleep", "printf"):
-        layer.symlink(f"bin/{tool}", "busybox")
-    ociimage.write_archive(str(path), IMAGE, [layer], {"Cmd": ["/bin/sh"]})
-    state = cluster["state"]
+    write_busybox_image(path, IMAGE, ("sh", "httpd", "nc", "hostname", "mkdir", "cat", "sleep", "printf"))
     for name in WORKERS:
-        subprocess.run(["scp", "-q", "-i", f"{state}/ssh/id_ed25519",
-                        "-o", f"UserKnownHostsFile={state}/ssh/known_hosts",
-                        "-o", "StrictHostKeyChecking=yes", str(path), f"root@{NODES[name][0]}:/tmp/busybox.tar"],
-                       check=True)
+        scp(cluster["state"], path, NODES[name][0], "/tmp/busybox.tar")
         node_run(cluster, name, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
     return IMAGE
 

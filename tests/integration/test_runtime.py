@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
-from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
 from helpers import run_playbook
 
-from integration.nodes import NODES, ssh
+from integration.nodes import NODES, scp, ssh, write_busybox_image
 
 pytestmark = pytest.mark.nodes
 
@@ -38,12 +36,9 @@ def count(cluster, container):
 def busybox_image(cluster, tmp_path_factory):
     """A static busybox image written by the project's OCI writer, imported over SSH."""
     path = tmp_path_factory.mktemp("image") / "busybox.tar"
-    layer = ociimage.Layer().host_file("bin/busybox", "/bin/busybox", 0o755).symlink("bin/sh", "busybox")
-    layer.symlink("bin/cat", "busybox").symlink("bin/sleep", "busybox").dir("tmp", 0o1777)
-    ociimage.write_archive(str(path), IMAGE, [layer], {"Cmd": ["/bin/sh"]})
+    write_busybox_image(path, IMAGE, ("sh", "cat", "sleep"))
     state, addr = node(cluster)
-    subprocess.run(["scp", "-q", "-i", f"{state}/ssh/id_ed25519", "-o", f"UserKnownHostsFile={state}/ssh/known_hosts",
-                    "-o", "StrictHostKeyChecking=yes", str(path), f"root@{addr}:/tmp/busybox.tar"], check=True)
+    scp(state, path, addr, "/tmp/busybox.tar")
     out = run(cluster, f"ctr -n {NS} images import /tmp/busybox.tar && ctr -n {NS} images ls -q")
     assert IMAGE in out.split()
     yield IMAGE
