@@ -76,9 +76,14 @@ IMAGE_SOURCES = {
     "kube-scheduler": {"bin": "kube-scheduler"},
     "etcd": {"module": "go.etcd.io/etcd/server/v3", "path": "/usr/local/bin/etcd"},
     "coredns": {"module": "github.com/coredns/coredns", "path": "/coredns", "entrypoint": ["/coredns"]},
-    "pause": {"pause": True, "path": "/pause", "entrypoint": ["/pause"]},
+    "pause": {"tool": "pause", "path": "/pause", "entrypoint": ["/pause"]},
 }
 SKIPPED_IMAGES = ("kube-proxy",)
+# Images of our own beyond kubeadm's list, built from tools/<tool> and imported on every
+# node with the others: the counter is the demo and test workload of migrations.
+WORKLOAD_IMAGES = {
+    "counter": {"tool": "counter", "tag": "1", "path": "/counter", "entrypoint": ["/counter"]},
+}
 
 
 def parse_image_list(text):

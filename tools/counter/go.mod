@@ -1,0 +1,3 @@
+module podmigrate.invalid/counter
+
+go 1.24

@@ -1,0 +1,147 @@
+// Command counter is podmigrate's test and demo workload: state that lives only in
+// memory, to show that a migration keeps it.
+//
+//	GET /         increments the counter and returns its new value ("42\n")
+//	GET /value    returns the counter without changing it
+//	GET /checksum returns the sha256 of the patterned memory ("<hex> <bytes>\n")
+//	GET /healthz  "ok"
+//	GET /read     the content of READ_FILE (another container's LOG_FILE, through a shared volume)
+//
+// LOG_FILE, when set, gets a line with each new value (opened, appended and closed each
+// time, so a checkpoint never finds it open).
+// MEMORY_MIB (default 0) allocates that many MiB filled with a deterministic
+// pseudo-random pattern (xorshift64*, seeded by PATTERN_SEED), which does not compress:
+// a checkpoint carries every byte. PORT (default 8080) is the port. Every response closes
+// its connection, so a checkpoint never finds a half-finished exchange.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+var (
+	mu      sync.Mutex
+	counter uint64
+	memory  []byte
+	logFile string
+)
+
+func fill(buf []byte, seed uint64) {
+	x := seed | 1
+	for i := 0; i+8 <= len(buf); i += 8 {
+		x ^= x >> 12
+		x ^= x << 25
+		x ^= x >> 27
+		binary.LittleEndian.PutUint64(buf[i:], x*2685821657736338717)
+	}
+}
+
+func env(name string, fallback uint64) uint64 {
+	v := os.Getenv(name)
+	if v == "" {
+		return fallback
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q is not a number\n", name, v)
+		os.Exit(2)
+	}
+	return n
+}
+
+func reply(w http.ResponseWriter, body string) {
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Type", "text/plain")
+	fmt.Fprint(w, body)
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-v" {
+		fmt.Println("podmigrate counter")
+		return
+	}
+	mib := env("MEMORY_MIB", 0)
+	memory = make([]byte, mib<<20)
+	fill(memory, env("PATTERN_SEED", 1))
+	port := env("PORT", 8080)
+	logFile = os.Getenv("LOG_FILE")
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		counter++
+		if logFile != "" {
+			f, err := os.OpenFile(logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+			if err == nil {
+				_, err = fmt.Fprintf(f, "%d\n", counter)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				counter--
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		}
+		reply(w, fmt.Sprintf("%d\n", counter))
+	})
+	mux.HandleFunc("/read", func(w http.ResponseWriter, _ *http.Request) {
+		data, err := os.ReadFile(os.Getenv("READ_FILE"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		reply(w, string(data))
+	})
+	mux.HandleFunc("/value", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		n := counter
+		mu.Unlock()
+		reply(w, fmt.Sprintf("%d\n", n))
+	})
+	mux.HandleFunc("/checksum", func(w http.ResponseWriter, _ *http.Request) {
+		sum := sha256.Sum256(memory)
+		reply(w, fmt.Sprintf("%s %d\n", hex.EncodeToString(sum[:]), len(memory)))
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { reply(w, "ok\n") })
+
+	server := &http.Server{Handler: mux}
+	server.SetKeepAlivesEnabled(false)
+	// Go >= 1.24 listens with MPTCP by default, which CRIU cannot dump ("Unsupported
+	// proto 262"): a plain TCP listener keeps the program checkpointable.
+	var config net.ListenConfig
+	config.SetMultipathTCP(false)
+	listener, err := config.Listen(context.Background(), "tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go func() {
+		signals := make(chan os.Signal, 1)
+		signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+		<-signals
+		os.Exit(0)
+	}()
+	fmt.Printf("counter: listening on :%d with %d MiB of patterned memory\n", port, mib)
+	if err := server.Serve(listener); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
