@@ -42,8 +42,9 @@ def node_name_error(name):
     return None
 
 
-def nspawn_argv(name, root, bridge):
-    """The command line that boots node ``name`` from ``root`` on ``bridge``."""
+def nspawn_argv(name, root, bridge, binds=()):
+    """The command line that boots node ``name`` from ``root`` on ``bridge``, with
+    ``binds`` ("HOST:NODE" directories) mounted into it."""
     return [
         "systemd-nspawn",
         "--directory", root,
@@ -59,6 +60,7 @@ def nspawn_argv(name, root, bridge):
         "--timezone=off",
         "--console=read-only",
         "--kill-signal=SIGRTMIN+3",
+        *(f"--bind={b}" for b in binds),
         "--",
         # systemd >= 256 refuses cgroup v1 unless told otherwise; this host
         # only has cgroup v1 (hybrid), which we must not re-layout.
@@ -128,8 +130,9 @@ def children(pid):
 class Node:
     """One local node: its directory holds ``rootfs/``, ``nspawn.pid``, ``console.log``."""
 
-    def __init__(self, name, node_dir, bridge=None):
+    def __init__(self, name, node_dir, bridge=None, binds=()):
         self.name = name
+        self.binds = list(binds)
         self.dir = os.path.abspath(node_dir)
         self.root = os.path.join(self.dir, "rootfs")
         self.bridge = bridge
@@ -179,7 +182,7 @@ class Node:
             return False
         if not os.path.isfile(os.path.join(self.root, "etc", "os-release")):
             raise NodeError(f"node {self.name}: no root filesystem at {self.root}")
-        proc = spawn_detached(nspawn_argv(self.name, self.root, self.bridge), self.pidfile, self.logfile,
+        proc = spawn_detached(nspawn_argv(self.name, self.root, self.bridge, self.binds), self.pidfile, self.logfile,
                               nspawn_env())
         self.wait_booted(timeout, proc)
         return True

@@ -27,6 +27,13 @@ options:
   bridge:
     description: Host bridge the node's veth is attached to. Required to start.
     type: str
+  binds:
+    description:
+      - Host directories mounted into the node when it boots, each C(HOST:NODE).
+      - A running node keeps the mounts it booted with.
+    type: list
+    elements: str
+    default: []
   state:
     description: C(started) boots the node if it is not running; C(stopped) powers it off.
     type: str
@@ -73,6 +80,7 @@ def main():
             "name": {"type": "str", "required": True},
             "node_dir": {"type": "path", "required": True},
             "bridge": {"type": "str"},
+            "binds": {"type": "list", "elements": "str", "default": []},
             "state": {"type": "str", "choices": ["started", "stopped"], "default": "started"},
             "boot_timeout": {"type": "int", "default": 120},
         },
@@ -80,7 +88,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    node = Node(p["name"], p["node_dir"], p["bridge"])
+    node = Node(p["name"], p["node_dir"], p["bridge"], p["binds"])
     running = node.pid() is not None
     want = p["state"] == "started"
     changed = running != want
