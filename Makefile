@@ -1,5 +1,6 @@
 # The two commands a newcomer needs (see README.md):
-#   make demo   - set up this machine, build the Kubernetes artifacts and the local cluster
+#   make demo   - set up this machine, build the Kubernetes artifacts and the local cluster,
+#                 then run the counter on it and migrate it to another node
 #   make test   - set up this machine, run every check and test
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
@@ -14,6 +15,7 @@ demo: setup artifacts
 	ansible-playbook site.yml
 	scripts/podmigrate nodes
 	$$(ls -d .podmigrate/cache/artifacts/kubernetes-v*/bin/kubectl | tail -n 1) --kubeconfig .podmigrate/kubeconfig get nodes -o wide
+	scripts/demo
 
 test: lint artifacts
 	pytest

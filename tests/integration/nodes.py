@@ -38,6 +38,7 @@ def write_inventory(path: Path, state_dir: Path, nodes: dict, **overrides) -> Pa
              f"    local_nodes_bridge: {overrides.get('bridge', BRIDGE)}",
              f"    local_nodes_subnet: {overrides.get('subnet', SUBNET)}",
              f"    local_nodes_gateway: {overrides.get('gateway', GATEWAY)}",
+             "    migration_node_share_dir: /var/lib/podmigrate/share",
              "  children:", "    nodes:", "      vars:",
              "        ansible_user: root", "        ansible_python_interpreter: /usr/bin/python3",
              f"        ansible_ssh_private_key_file: {state_dir}/ssh/id_ed25519",
@@ -70,6 +71,22 @@ def ssh(state_dir: Path, address: str, command: str, timeout: int = 30) -> subpr
 def scp(state_dir: Path, source: Path, address: str, dest: str) -> None:
     """Copy a file to a node over real SSH."""
     subprocess.run(["scp", "-q", *ssh_options(state_dir), str(source), f"root@{address}:{dest}"], check=True)
+
+
+def write_redis_image(path: Path, name: str) -> None:
+    """Debian's Redis server (package redis-tools, which scripts/setup installs) with the
+    shared libraries ldd finds for it here, written by the project's OCI writer. It keeps
+    everything in memory: no save points, no append-only file."""
+    binary = "/usr/bin/redis-check-rdb"  # Debian's redis-server is this binary under another name
+    layer = ociimage.Layer().host_file("usr/bin/redis-server", binary, 0o755).dir("tmp", 0o1777).dir("data")
+    for line in subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout.splitlines():
+        fields = line.split()
+        lib = fields[2] if "=>" in fields and len(fields) > 2 else fields[0]
+        if lib.startswith("/"):
+            layer.host_file(lib, os.path.realpath(lib), 0o755)
+    ociimage.write_archive(str(path), name, [layer], {
+        "Entrypoint": ["/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                       "--bind", "0.0.0.0", "--dir", "/data"]})  # noqa: S104 (inside the pod's own network)
 
 
 def write_busybox_image(path: Path, name: str, tools: tuple[str, ...]) -> None:

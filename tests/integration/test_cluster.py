@@ -141,7 +141,7 @@ def kubelet_post(address, path, cert=None):
         context.load_cert_chain(*cert)
     request = urllib.request.Request(f"https://{address}:10250{path}", method="POST", data=b"")
     try:
-        with urllib.request.urlopen(request, context=context, timeout=120) as response:  # noqa: S310 (https only)
+        with urllib.request.urlopen(request, context=context, timeout=120) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()

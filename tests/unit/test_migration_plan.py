@@ -160,30 +160,65 @@ def test_every_container_needs_a_checkpoint_image():
         migration.restored_pod(pod(), "w2", {}, "abcd")
 
 
-def test_a_checkpoint_image_is_the_archive_as_one_layer_with_containerds_annotation(tmp_path):
-    import hashlib
-    import io
-    import json
-    import tarfile
+def test_a_tainted_target_is_refused_unless_the_pod_tolerates_the_taint():
+    tainted = dict(node("cp"), spec={"taints": [{"key": "node-role.kubernetes.io/control-plane",
+                                                 "effect": "NoSchedule"}]})
+    nodes = {"cp": tainted, "w1": node("w1")}
+    with pytest.raises(migration.MigrationError, match=r"taint node-role\.kubernetes\.io/control-plane:NoSchedule"):
+        migration.plan(pod(), nodes, {}, target="cp")
+    with pytest.raises(migration.MigrationError, match="no node can take"):
+        migration.plan(pod(), nodes, {})
+    tolerant = pod(tolerations=[{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}])
+    assert migration.plan(tolerant, nodes, {}, target="cp") == ("w1", "cp")
 
-    from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
 
-    archive = tmp_path / "checkpoint.tar"
-    with tarfile.open(archive, "w") as tar:
-        for name, data in (("config.dump", b'{"id": "c1"}'), ("checkpoint/pages-1.img", b"\x00" * 4096)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    out = tmp_path / "image.tar"
-    digest = migration.write_checkpoint_image(str(archive), str(out), "localhost/podmigrate/checkpoint/app:1", "app")
-    index, blobs = ociimage.read_archive(str(out))
-    entry = index["manifests"][0]
-    assert entry["digest"] == digest
-    assert entry["annotations"]["io.containerd.image.name"] == "localhost/podmigrate/checkpoint/app:1"
-    manifest = json.loads(blobs[digest])
-    assert manifest["annotations"] == {"org.criu.checkpoint.container.name": "app",
-                                       "io.kubernetes.cri-o.annotations.checkpoint.name": "app"}
-    (layer,) = manifest["layers"]
-    raw = archive.read_bytes()
-    assert layer["mediaType"] == ociimage.MEDIA_LAYER_TAR
-    assert blobs[layer["digest"]] == raw and layer["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+@pytest.mark.parametrize(("toleration", "matches"), [
+    ({"operator": "Exists"}, True),
+    ({"key": "k", "operator": "Exists", "effect": "NoSchedule"}, True),
+    ({"key": "k", "operator": "Exists", "effect": "NoExecute"}, False),
+    ({"key": "k", "value": "v"}, True),
+    ({"key": "k", "value": "other"}, False),
+    ({"key": "other", "operator": "Exists"}, False),
+])
+def test_tolerations_match_taints_as_kubernetes_does(toleration, matches):
+    assert migration.tolerates(toleration, {"key": "k", "value": "v", "effect": "NoSchedule"}) is matches
+
+
+def restored(phase="Running", **state):
+    status = {"name": "app", "ready": state.pop("ready", True), "restartCount": state.pop("restarts", 0),
+              "state": state or {"running": {}}}
+    return {"status": {"phase": phase, "containerStatuses": [status]}}
+
+
+@pytest.mark.parametrize(("pod_status", "expected"), [
+    (restored(), None),
+    (restored(ready=False), "app: not ready"),
+    (restored("Pending", waiting={"reason": "ContainerCreating"}), "app: ContainerCreating"),
+    (restored("Pending", waiting={"reason": "CreateContainerError", "message": "criu failed"}),
+     "failed: container app: CreateContainerError criu failed"),
+    (restored(restarts=1), "failed: container app exited after the restore"),
+    (restored("Failed"), "failed: the pod is Failed"),
+    ({"status": {"phase": "Pending"}}, "app: no status yet"),
+])
+def test_a_restored_pod_counts_only_when_every_container_runs_and_is_ready(pod_status, expected):
+    problem = migration.restored_problem(pod_status, ["app"])
+    assert problem == expected if expected is None else problem.startswith(expected)
+
+
+def test_the_internal_ip_of_a_node():
+    addresses = [{"type": "Hostname", "address": "w1"}, {"type": "InternalIP", "address": "10.0.0.5"}]
+    assert migration.internal_ip({"status": {"addresses": addresses}}) == "10.0.0.5"
+    assert migration.internal_ip({"status": {}}) is None
+
+
+def test_the_restored_pod_runs_no_init_container_again_but_the_fill_one_when_it_has_volumes_to_fill():
+    source = pod(initContainers=[{"name": "setup", "image": "x"}])
+    source["spec"]["containers"][0]["resources"]["limits"] = {"cpu": "250m", "memory": "256Mi"}
+    assert "initContainers" not in migration.restored_pod(source, "w2", {"app": "ckpt"}, "abc")["spec"]
+    spec = migration.restored_pod(source, "w2", {"app": "ckpt"}, "abc", fill_image="pause:1")["spec"]
+    (fill,) = spec["initContainers"]
+    assert fill["name"] == migration.FILL_CONTAINER and fill["image"] == "pause:1"
+    assert fill["imagePullPolicy"] == "Never"
+    # the same resources as the first container: the QoS class stays, the requests do not grow
+    assert fill["resources"] == spec["containers"][0]["resources"]
+    assert migration.pod_requests({"spec": spec}) == migration.pod_requests(source)

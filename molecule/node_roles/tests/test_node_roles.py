@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def test_containerd_is_running_enabled_and_new_enough(host):
     service = host.service("containerd")
@@ -71,3 +73,22 @@ def test_checkpoints_are_root_only_and_forwarding_is_on(host):
     checkpoints = host.file("/var/lib/kubelet/checkpoints")
     assert checkpoints.is_directory and checkpoints.mode == 0o700 and checkpoints.user == "root"
     assert host.file("/proc/sys/net/ipv4/ip_forward").content_string.strip() == "1"
+
+
+def test_the_migration_helper_and_its_manifest_endpoint(host):
+    helper = host.file("/usr/local/libexec/podmigrate/podmigrate-node")
+    assert helper.is_file and helper.mode == 0o755 and helper.user == "root"
+    assert host.file("/var/lib/podmigrate/migrations").mode == 0o700
+    keys = host.file("/etc/podmigrate/authorized_keys")
+    assert keys.mode == 0o600 and keys.user == "root"
+    assert "/etc/podmigrate/authorized_keys" in host.check_output("sshd -T | grep -i authorizedkeysfile")
+    assert host.service("podmigrate-manifests").is_running
+    assert host.socket("tcp://127.0.0.1:5017").is_listening
+    assert not host.socket("tcp://0.0.0.0:5017").is_listening
+    # the endpoint answers for an image's manifest from the content store, and for nothing else
+    target = host.check_output("ctr -n k8s.io images ls | awk '$1 == \"localhost/podmigrate/pause:3.10.1\" {print $3}'")
+    config = json.loads(host.check_output(f"ctr -n k8s.io content get {target}"))["config"]["digest"]
+    fetch = ("python3 -c \"import sys, urllib.request as u; "
+             "u.urlopen('http://127.0.0.1:5017/v2/p/manifests/' + sys.argv[1])\"")
+    assert host.run(f"{fetch} {target}").rc == 0
+    assert host.run(f"{fetch} {config}").rc != 0

@@ -1,7 +1,7 @@
 # Copyright: podmigrate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The pure parts of a pod migration: planning (every refusal before anything changes)
-and the restored pod's manifest.
+"""The pure parts of a pod migration: planning (every refusal before anything changes),
+the restored pod's manifest and when it counts as restored.
 
 Pods, nodes and claims are plain dicts in the API's JSON shape (camelCase keys), as
 ``kubernetes.core.k8s_info`` returns them and as the ``kubernetes`` client's
@@ -13,15 +13,8 @@ from __future__ import annotations
 import copy
 import re
 
-from ansible_collections.podmigrate.cluster.plugins.module_utils import ociimage
-
 ORIGINAL_NAME = "podmigrate.io/migrated-from"
 ORIGINAL_NODE = "podmigrate.io/source-node"
-# The annotation a CRI reads on an image to restore a container from the checkpoint
-# archive in its layer instead of starting it afresh: containerd 2.1 (checkpointctl 1.3)
-# reads the first, older CRI-O the second; a checkpoint image carries both.
-CHECKPOINT_NAME_ANNOTATION = "org.criu.checkpoint.container.name"
-CRIO_CHECKPOINT_NAME_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
 
 CONTROLLER_KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob",
                     "ReplicationController")
@@ -168,6 +161,11 @@ def _target_problems(pod, node, pods_on_node):
         problems.append(f"node {name} is not Ready")
     if (node.get("spec") or {}).get("unschedulable"):
         problems.append(f"node {name} is cordoned")
+    tolerations = (pod.get("spec") or {}).get("tolerations") or []
+    for taint in (node.get("spec") or {}).get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not any(tolerates(t, taint) for t in tolerations):
+            shown = taint["key"] + (f"={taint['value']}" if taint.get("value") else "")
+            problems.append(f"node {name} has the taint {shown}:{taint['effect']}, which the pod does not tolerate")
     cpu, mem = pod_requests(pod)
     free_cpu, free_mem = node_room(node, pods_on_node)
     if cpu > free_cpu or mem > free_mem:
@@ -176,12 +174,27 @@ def _target_problems(pod, node, pods_on_node):
     return problems
 
 
-def restored_pod(pod, target, images, suffix):
+def tolerates(toleration, taint):
+    """Whether a pod toleration matches a node taint (Kubernetes' rules)."""
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("operator") == "Exists":
+        return not toleration.get("key") or toleration["key"] == taint.get("key")
+    return toleration.get("key") == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+FILL_CONTAINER = "podmigrate-fill"
+
+
+def restored_pod(pod, target, images, suffix, fill_image=None):
     """The manifest of the pod restored on ``target``.
 
     images: {container name: checkpoint image reference}. Labels are kept (Services follow
     the pod), the original name and node are recorded in annotations, each container's
-    image is its checkpoint image, and the pod is bound to the target node.
+    image is its checkpoint image, and the pod is bound to the target node. The source's
+    init containers ran already and do not run again; with ``fill_image`` (a pause image)
+    one init container of ours, FILL_CONTAINER, holds the restore back until the engine
+    has filled the pod's emptyDir volumes and ends it.
     """
     meta, spec = pod.get("metadata") or {}, copy.deepcopy(pod.get("spec") or {})
     missing = [c["name"] for c in spec.get("containers", []) if c["name"] not in images]
@@ -194,8 +207,12 @@ def restored_pod(pod, target, images, suffix):
     for container in spec["containers"]:
         container["image"] = images[container["name"]]
         container["imagePullPolicy"] = "Never"
-    for key in ("nodeName", "nodeSelector", "affinity", "schedulerName"):
+    for key in ("nodeName", "nodeSelector", "affinity", "schedulerName", "initContainers"):
         spec.pop(key, None)
+    if fill_image:
+        # the first container's resources keep the pod's QoS class and add no request
+        spec["initContainers"] = [{"name": FILL_CONTAINER, "image": fill_image, "imagePullPolicy": "Never",
+                                   "resources": copy.deepcopy(spec["containers"][0].get("resources") or {})}]
     spec["nodeName"] = target
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                    if not k.startswith("kubectl.kubernetes.io/last-applied")}
@@ -206,16 +223,45 @@ def restored_pod(pod, target, images, suffix):
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
-def write_checkpoint_image(archive, out, reference, container):
-    """Write an OCI image archive at ``out`` whose one layer is the kubelet's checkpoint
-    ``archive`` (an uncompressed tar: checkpoint/, config.dump, spec.dump, rootfs-diff.tar)
-    and whose manifest carries the annotation containerd's CRI reads to restore
-    ``container`` from it. Returns the manifest digest.
+def internal_ip(node):
+    """A node's InternalIP, or None."""
+    for address in (node.get("status") or {}).get("addresses") or []:
+        if address.get("type") == "InternalIP":
+            return address.get("address")
+    return None
 
-    containerd reads the annotation from the image's target blob, our manifest; nothing
-    is compressed (the checkpoint is restored on this same node once imported)."""
-    with open(archive, "rb") as f:
-        layer = f.read()
-    return ociimage.write_archive(out, reference, [layer], config={},
-                                  annotations={CHECKPOINT_NAME_ANNOTATION: container,
-                                               CRIO_CHECKPOINT_NAME_ANNOTATION: container}, compress=False)
+
+# Waiting reasons that a restore does not recover from by waiting longer.
+FAILED_WAITING = ("CreateContainerError", "CreateContainerConfigError", "ErrImageNeverPull", "InvalidImageName",
+                  "CrashLoopBackOff", "RunContainerError", "ImageInspectError")
+
+
+def restored_problem(pod, containers):
+    """None when the restored pod is Running with every container running (and Ready);
+    otherwise what it is waiting for, prefixed "failed: " when waiting cannot help."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Failed", "Succeeded"):
+        return f"failed: the pod is {status['phase']}: {status.get('message') or status.get('reason') or ''}".strip()
+    statuses = {s.get("name"): s for s in status.get("containerStatuses") or []}
+    waiting = []
+    for name in containers:
+        s = statuses.get(name)
+        if s is None:
+            waiting.append(f"{name}: no status yet")
+            continue
+        state = s.get("state") or {}
+        if s.get("restartCount", 0) > 0 or "terminated" in state:
+            term = state.get("terminated") or (s.get("lastState") or {}).get("terminated") or {}
+            return (f"failed: container {name} exited after the restore "
+                    f"({term.get('reason', 'exited')} {term.get('exitCode', '')}: {term.get('message', '')})").strip()
+        if "waiting" in state:
+            reason = state["waiting"].get("reason", "")
+            message = f"{name}: {reason} {state['waiting'].get('message', '')}".strip()
+            if reason in FAILED_WAITING:
+                return f"failed: container {message}"
+            waiting.append(message)
+        elif not s.get("ready"):
+            waiting.append(f"{name}: not ready")
+    if waiting or status.get("phase") != "Running":
+        return "; ".join(waiting) or f"the pod is {status.get('phase')}"
+    return None

@@ -1,0 +1,133 @@
+#!/usr/bin/python
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: migrate
+short_description: Move a running pod to another node with its memory (checkpoint and restore)
+description:
+  - Runs podmigrate's migration engine (C(module_utils/engine.py)) on the controller, which
+    talks to the API server and reaches the nodes over SSH.
+  - Refuses with every problem listed, changing nothing, when the pod cannot move. Any later
+    failure rolls back to the source pod, which keeps running until the restored one is verified.
+  - Writes a JSON report with per-phase timings under I(report_dir).
+version_added: "0.1.0"
+author: podmigrate contributors
+options:
+  pod:
+    description: The pod, C(NAMESPACE/NAME) (or C(NAME) in C(default)).
+    type: str
+    required: true
+  target:
+    description: Node to move it to; empty to pick a Ready node with room.
+    type: str
+  transfer:
+    description: How checkpoints travel from the source node to the target.
+    type: str
+    choices: [direct, share]
+    default: direct
+  share_dir:
+    description: For C(transfer=share), the directory every node mounts.
+    type: str
+    default: /var/lib/podmigrate/share
+  nodes:
+    description: How to reach each node over SSH, by Kubernetes node name.
+    type: dict
+    required: true
+  kubeconfig:
+    description: Kubeconfig of the cluster.
+    type: path
+    required: true
+  helper:
+    description: The controller's copy of the node helper; nodes with a different one are refused.
+    type: path
+  report_dir:
+    description: Directory of the JSON reports.
+    type: path
+  progress_file:
+    description: File the engine appends its progress lines to while it runs.
+    type: path
+  timeout:
+    description: Seconds allowed to each of checkpoint, transfer, import and restore.
+    type: int
+    default: 600
+"""
+
+EXAMPLES = r"""
+- name: Move default/counter to pm-w2
+  podmigrate.cluster.migrate:
+    pod: default/counter
+    target: pm-w2
+    kubeconfig: .podmigrate/kubeconfig
+    nodes:
+      pm-w1: {host: 10.213.0.21, key: .podmigrate/ssh/id_ed25519}
+      pm-w2: {host: 10.213.0.22, key: .podmigrate/ssh/id_ed25519}
+"""
+
+RETURN = r"""
+report:
+  description: The migration report (phases in seconds, bytes, result, restored pod).
+  returned: always
+  type: dict
+"""
+
+import hashlib
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "pod": {"type": "str", "required": True},
+            "target": {"type": "str"},
+            "transfer": {"type": "str", "choices": list(engine.TRANSFERS), "default": "direct"},
+            "share_dir": {"type": "str", "default": "/var/lib/podmigrate/share"},
+            "nodes": {"type": "dict", "required": True},
+            "kubeconfig": {"type": "path", "required": True},
+            "helper": {"type": "path"},
+            "report_dir": {"type": "path"},
+            "progress_file": {"type": "path"},
+            "timeout": {"type": "int", "default": 600},
+        },
+    )
+    p = module.params
+    try:
+        from kubernetes import config
+    except ImportError:
+        module.fail_json(msg="the kubernetes Python client is needed on the controller (requirements.txt)")
+
+    def progress(line):
+        if p["progress_file"]:
+            with open(p["progress_file"], "a") as f:
+                f.write(line + "\n")
+
+    helper_digest = None
+    if p["helper"]:
+        with open(p["helper"], "rb") as f:
+            helper_digest = hashlib.sha256(f.read()).hexdigest()
+    nodes = {name: engine.Node(name, **{k: v for k, v in spec.items() if k in ("host", "user", "port", "key",
+                                                                             "ssh_args")})
+             for name, spec in p["nodes"].items()}
+    job = None
+    try:
+        namespace, name = engine.parse_pod(p["pod"])
+        api = config.new_client_from_config(config_file=p["kubeconfig"])
+        job = engine.Migration(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
+                               share_dir=p["share_dir"], report_dir=p["report_dir"], progress=progress,
+                               helper_digest=helper_digest, timeout=p["timeout"])
+        report = job.run()
+    except migration.MigrationError as exc:
+        module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,
+                         report=job.report if job else {})
+    except Exception as exc:
+        module.fail_json(msg=f"migration failed and was rolled back; the source pod runs on: {exc}",
+                         report=job.report if job else {})
+    module.exit_json(changed=report["result"] == "migrated", report=report)
+
+
+if __name__ == "__main__":
+    main()

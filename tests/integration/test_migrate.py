@@ -1,0 +1,419 @@
+"""Real migrations on the local cluster: the counter keeps counting on another node."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, run_playbook
+from kubernetes import client, config
+
+from integration.nodes import NODES, scp, ssh, ssh_options, write_redis_image
+
+pytestmark = pytest.mark.nodes
+
+WORKERS = [name for name, (_, group) in NODES.items() if group == "workers"]
+CONTROL_PLANE = next(name for name, (_, group) in NODES.items() if group == "control_plane")
+IMAGE = "localhost/podmigrate/counter:1"
+MEMORY_MIB = 32
+# A client on the control-plane node (neither source nor target) that asks the Service
+# for the next counter value every 20 ms until told to stop; one JSON line per answer.
+PROBE = r"""
+import json, os, sys, time, urllib.request
+url, stop = sys.argv[1], sys.argv[2]
+while not os.path.exists(stop):
+    t = time.time()
+    try:
+        value = int(urllib.request.urlopen(url, timeout=0.5).read())
+        print(json.dumps([t, value]), flush=True)
+    except Exception as exc:
+        print(json.dumps([t, None, type(exc).__name__]), flush=True)
+    time.sleep(0.02)
+"""
+
+
+def node_run(cluster, name, command, timeout=60, check=True):
+    res = ssh(cluster["state"], NODES[name][0], command, timeout=timeout)
+    if check:
+        assert res.returncode == 0, f"{name}: {command}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def api(cluster):
+    return client.CoreV1Api(config.new_client_from_config(str(cluster["state"] / "kubeconfig")))
+
+
+def counter_pod(name, node, memory_mib=MEMORY_MIB, labels=None, **spec):
+    env = [client.V1EnvVar(name="MEMORY_MIB", value=str(memory_mib))]
+    container = client.V1Container(
+        name="counter", image=IMAGE, image_pull_policy="Never", env=env,
+        readiness_probe=client.V1Probe(http_get=client.V1HTTPGetAction(path="/healthz", port=8080),
+                                       period_seconds=1),
+        resources=client.V1ResourceRequirements(requests=spec.pop("requests", {"cpu": "10m", "memory": "64Mi"})))
+    for key in ("command", "volume_mounts"):
+        if key in spec:
+            setattr(container, key, spec.pop(key))
+    return client.V1Pod(metadata=client.V1ObjectMeta(name=name, labels=labels or {"app": name}),
+                        spec=client.V1PodSpec(node_name=node, containers=[container],
+                                              termination_grace_period_seconds=1, **spec))
+
+
+def wait_ready(api, name, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pod = api.read_namespaced_pod(name, "default")
+        if pod.status.phase == "Running" and all(s.ready for s in pod.status.container_statuses or [False]):
+            return pod
+        time.sleep(0.5)
+    raise AssertionError(f"pod {name} not Ready: {api.read_namespaced_pod(name, 'default').status}")
+
+
+def delete_pod(api, name):
+    try:
+        api.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def current(api, original):
+    """The pod that is ``original`` now (itself, or the pod it was moved to)."""
+    pods = [p for p in api.list_namespaced_pod("default").items
+            if p.metadata.name == original
+            or (p.metadata.annotations or {}).get("podmigrate.io/migrated-from") == original]
+    assert len(pods) == 1, [p.metadata.name for p in pods]
+    return pods[0]
+
+
+def ask(cluster, url):
+    return node_run(cluster, CONTROL_PLANE, f"python3 -c \"import urllib.request as u; "
+                                            f"print(u.urlopen('{url}', timeout=5).read().decode())\"").strip()
+
+
+class Probe:
+    """The PROBE client, running on the control-plane node while a migration runs."""
+
+    def __init__(self, cluster, url):
+        self.cluster, self.stop = cluster, "/tmp/podmigrate-probe-stop"
+        node_run(cluster, CONTROL_PLANE, f"rm -f {self.stop}")
+        self.proc = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[CONTROL_PLANE][0]}",
+                                      f"python3 -c '{PROBE}' {url} {self.stop}"],
+                                     stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+
+    def finish(self):
+        node_run(self.cluster, CONTROL_PLANE, f"touch {self.stop}")
+        out, _ = self.proc.communicate(timeout=30)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("[")]
+
+
+def leftovers(cluster):
+    """Whatever a migration may leave on a worker, which must be nothing once it ends."""
+    found = {}
+    for name in WORKERS:
+        found[name] = node_run(cluster, name, (
+            "ls /var/lib/kubelet/checkpoints /var/lib/podmigrate/migrations; "
+            "cat /etc/podmigrate/authorized_keys; iptables -S FORWARD | grep podmigrate; "
+            "ctr -n k8s.io images ls -q | grep podmigrate-checkpoint; true")).split()
+    return {k: [w for w in v if not w.endswith(":")] for k, v in found.items()}
+
+
+def migrate(cluster, pod, target=None, transfer=None):
+    extra = {"pod": pod}
+    if target:
+        extra["target"] = target
+    if transfer:
+        extra["transfer"] = transfer
+    return run_playbook("migrate.yml", cluster["inventory"], extra_vars=extra)
+
+
+@pytest.fixture(scope="module")
+def counter(api, cluster):
+    """The counter on the first worker behind a Service; removed, in whatever incarnation, at the end."""
+    api.create_namespaced_pod("default", counter_pod("counter", WORKERS[0]))
+    api.create_namespaced_service("default", client.V1Service(
+        metadata=client.V1ObjectMeta(name="counter"),
+        spec=client.V1ServiceSpec(selector={"app": "counter"},
+                                  ports=[client.V1ServicePort(port=80, target_port=8080)])))
+    try:
+        wait_ready(api, "counter")
+        service = api.read_namespaced_service("counter", "default").spec.cluster_ip
+        yield {"url": f"http://{service}/", "checksum": f"http://{service}/checksum"}
+    finally:
+        for pod in api.list_namespaced_pod("default", label_selector="app=counter").items:
+            delete_pod(api, pod.metadata.name)
+        api.delete_namespaced_service("counter", "default")
+
+
+def test_the_counter_moves_with_its_memory_and_no_acknowledged_count_is_lost(api, cluster, counter):
+    for _ in range(5):
+        ask(cluster, counter["url"])
+    before = int(ask(cluster, counter["url"]))
+    checksum = ask(cluster, counter["checksum"])
+    assert checksum.endswith(f" {MEMORY_MIB << 20}")
+    source_uid = api.read_namespaced_pod("counter", "default").metadata.uid
+
+    probe = Probe(cluster, counter["url"])
+    run = migrate(cluster, "default/counter", target=WORKERS[1])
+    answers = probe.finish()
+    assert run.rc == 0, run.output[-5000:]
+    assert "migrated in" in run.output
+
+    moved = current(api, "counter")
+    assert moved.metadata.name != "counter" and moved.metadata.uid != source_uid
+    assert moved.spec.node_name == WORKERS[1]
+    assert moved.status.phase == "Running"
+    assert moved.metadata.labels == {"app": "counter"}
+    # every value a client was given is unique and increasing, before, during and after
+    # the move: nothing the source acknowledged after its checkpoint was lost
+    values = [a[1] for a in answers if a[1] is not None]
+    assert values and values[0] > before, answers[:5]
+    assert values == sorted(set(values)), f"a count went back or repeated: {values}"
+    after = int(ask(cluster, counter["url"]))
+    assert after > max(values)
+    assert ask(cluster, counter["checksum"]) == checksum
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+    good = [a[0] for a in answers if a[1] is not None]
+    print(f"\nprobe: {len(values)} answers, {len(answers) - len(values)} refused; longest time without an "
+          f"answer (the downtime a client saw): {max(b - a for a, b in itertools.pairwise(good)):.3f} s")
+
+    reports = sorted((cluster["state"] / "reports").glob("*.json"))
+    report = json.loads(reports[-1].read_text())
+    assert report["result"] == "migrated"
+    assert set(report["phases"]) == {"validate", "prepare", "fence", "checkpoint", "transfer", "import",
+                                     "restore", "verify", "commit"}
+    assert report["containers"]["counter"]["checkpoint_bytes"] > MEMORY_MIB << 20
+    events = [e.reason for e in api.list_namespaced_event("default").items
+              if e.involved_object.name == "counter" and e.reason.startswith("Migration")]
+    assert {"MigrationCheckpoint", "MigrationTransfer", "MigrationCommit"} <= set(events)
+
+
+def test_a_second_run_changes_nothing(cluster, counter):
+    run = migrate(cluster, "default/counter", target=WORKERS[1])
+    assert run.rc == 0, run.output[-3000:]
+    assert run.changed() == 0, run.output[-3000:]
+    assert "already runs on" in run.output
+
+
+def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
+    before = int(ask(cluster, counter["url"]))
+    checksum = ask(cluster, counter["checksum"])
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/counter",
+                          "--to", WORKERS[0], "-i", str(cluster["inventory"])],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "checkpoint ..." in res.stdout and "transfer:" in res.stdout, res.stdout
+    assert "migrated in" in res.stdout
+    assert current(api, "counter").spec.node_name == WORKERS[0]
+    assert int(ask(cluster, counter["url"])) > before
+    assert ask(cluster, counter["checksum"]) == checksum
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_a_target_that_cannot_restore_rolls_back_to_the_running_source(api, cluster, counter):
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    before = int(ask(cluster, counter["url"]))
+    # runc restores through CRIU; a target whose CRIU cannot run fails the restore for real
+    node_run(cluster, target, "chmod a-x /usr/sbin/criu")
+    try:
+        run = migrate(cluster, "default/counter", target=target)
+    finally:
+        node_run(cluster, target, "chmod 0755 /usr/sbin/criu")
+    assert run.rc != 0
+    assert "rolled back" in run.output, run.output[-3000:]
+    still = current(api, "counter")
+    assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
+    assert still.status.phase == "Running"
+    assert int(ask(cluster, counter["url"])) > before
+    assert [p.metadata.name for p in api.list_namespaced_pod("default").items
+            if p.spec.node_name == target and "counter" in p.metadata.name] == []
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_the_share_transfer_moves_it_through_the_directory_both_nodes_mount(api, cluster, counter):
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    before = int(ask(cluster, counter["url"]))
+    checksum = ask(cluster, counter["checksum"])
+    run = migrate(cluster, "default/counter", target=target, transfer="share")
+    assert run.rc == 0, run.output[-5000:]
+    assert current(api, "counter").spec.node_name == target
+    assert int(ask(cluster, counter["url"])) > before
+    assert ask(cluster, counter["checksum"]) == checksum
+    assert list((cluster["state"] / "share").iterdir()) == []
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_two_containers_sharing_an_empty_dir_move_together_with_its_content(api, cluster):
+    shared = [client.V1VolumeMount(name="shared", mount_path="/shared")]
+    pod = counter_pod("pair", WORKERS[0], memory_mib=0, volumes=[
+        client.V1Volume(name="shared", empty_dir=client.V1EmptyDirVolumeSource())])
+    writer = pod.spec.containers[0]
+    writer.name, writer.volume_mounts = "writer", shared
+    writer.env.append(client.V1EnvVar(name="LOG_FILE", value="/shared/counts"))
+    reader = client.V1Container(
+        name="reader", image=IMAGE, image_pull_policy="Never", volume_mounts=shared,
+        env=[client.V1EnvVar(name="PORT", value="8081"), client.V1EnvVar(name="READ_FILE", value="/shared/counts")])
+    pod.spec.containers.append(reader)
+    api.create_namespaced_pod("default", pod)
+    try:
+        ip = wait_ready(api, "pair").status.pod_ip
+        for _ in range(3):
+            ask(cluster, f"http://{ip}:8080/")
+        assert ask(cluster, f"http://{ip}:8081/read").split() == ["1", "2", "3"]
+
+        run = migrate(cluster, "default/pair", target=WORKERS[1])
+        assert run.rc == 0, run.output[-5000:]
+        moved = current(api, "pair")
+        assert moved.spec.node_name == WORKERS[1]
+        assert [c.name for c in moved.spec.init_containers] == ["podmigrate-fill"]
+        ip = moved.status.pod_ip
+        assert ask(cluster, f"http://{ip}:8081/read").split() == ["1", "2", "3"]
+        assert ask(cluster, f"http://{ip}:8080/") == "4"
+        assert ask(cluster, f"http://{ip}:8081/read").split() == ["1", "2", "3", "4"]
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+    finally:
+        for p in api.list_namespaced_pod("default", label_selector="app=pair").items:
+            delete_pod(api, p.metadata.name)
+
+
+# A Redis client on the control-plane node: runs the JSON list of commands in argv[2]
+# against argv[1]:6379, prints the JSON list of replies.
+RESP = r"""
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], 6379), timeout=10)
+f = s.makefile("rb")
+def reply():
+    line = f.readline()[:-2].decode()
+    if line[0] == "$":
+        return None if line == "$-1" else f.read(int(line[1:]) + 2)[:-2].decode()
+    if line[0] == "*":
+        return [reply() for _ in range(int(line[1:]))]
+    return int(line[1:]) if line[0] == ":" else line
+commands = json.loads(sys.argv[2])
+for c in commands:
+    s.sendall(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in c))
+print(json.dumps([reply() for _ in commands]))
+"""
+
+
+def redis(cluster, ip, commands):
+    quoted = json.dumps(commands).replace("'", "")
+    return json.loads(node_run(cluster, CONTROL_PLANE, f"python3 -c '{RESP}' {ip} '{quoted}'"))
+
+
+def test_redis_keeps_every_key_without_a_persistence_file(api, cluster, tmp_path):
+    image = "localhost/podmigrate/redis:test"
+    write_redis_image(tmp_path / "redis.tar", image)
+    for name in WORKERS:
+        scp(cluster["state"], tmp_path / "redis.tar", NODES[name][0], "/tmp/redis.tar")
+        node_run(cluster, name, "ctr -n k8s.io images import /tmp/redis.tar && rm /tmp/redis.tar")
+    api.create_namespaced_pod("default", client.V1Pod(
+        metadata=client.V1ObjectMeta(name="redis", labels={"app": "redis"}),
+        spec=client.V1PodSpec(node_name=WORKERS[0], termination_grace_period_seconds=1, containers=[
+            client.V1Container(name="redis", image=image, image_pull_policy="Never",
+                               readiness_probe=client.V1Probe(tcp_socket=client.V1TCPSocketAction(port=6379),
+                                                              period_seconds=1))])))
+    try:
+        ip = wait_ready(api, "redis").status.pod_ip
+        keys = {f"key-{i}": f"value-{i}-" + "x" * (i % 50) for i in range(300)}
+        assert redis(cluster, ip, [["SET", k, v] for k, v in keys.items()]) == ["OK"] * len(keys)
+        run = migrate(cluster, "default/redis", target=WORKERS[1])
+        assert run.rc == 0, run.output[-5000:]
+        moved = current(api, "redis")
+        assert moved.spec.node_name == WORKERS[1]
+        assert redis(cluster, moved.status.pod_ip, [["DBSIZE"], ["MGET", *keys]]) == [len(keys), list(keys.values())]
+        assert redis(cluster, moved.status.pod_ip, [["CONFIG", "GET", "save"], ["CONFIG", "GET", "appendonly"]]) == \
+            [["save", ""], ["appendonly", "no"]]
+    finally:
+        for p in api.list_namespaced_pod("default", label_selector="app=redis").items:
+            delete_pod(api, p.metadata.name)
+
+
+@pytest.fixture(scope="module")
+def refusals(api, cluster):
+    """Pods that must not move, each for its own reason."""
+    w1, w2 = WORKERS
+    apps = client.AppsV1Api(api.api_client)
+    pods = {
+        "done": counter_pod("done", w1, command=["/counter", "-v"], restart_policy="Never"),
+        "hostnet": counter_pod("hostnet", w1, host_network=True),
+        "hostpath": counter_pod("hostpath", w1, volumes=[client.V1Volume(
+            name="data", host_path=client.V1HostPathVolumeSource(path="/tmp"))],
+            volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")]),
+        "big": counter_pod("big", w1, requests={"cpu": "1", "memory": "64Mi"}),
+        "filler": counter_pod("filler", w2, requests={"cpu": "1500m", "memory": "64Mi"}),
+    }
+    pods["hostnet"].spec.containers[0].env.append(client.V1EnvVar(name="PORT", value="18080"))
+    pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
+    for pod in pods.values():
+        api.create_namespaced_pod("default", pod)
+    selector = client.V1LabelSelector(match_labels={"app": "owned"})
+    template = counter_pod("owned", w1, labels={"app": "owned"})
+    apps.create_namespaced_replica_set("default", client.V1ReplicaSet(
+        metadata=client.V1ObjectMeta(name="owned"),
+        spec=client.V1ReplicaSetSpec(replicas=1, selector=selector, template=client.V1PodTemplateSpec(
+            metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
+    try:
+        for name in ("hostnet", "hostpath", "big", "filler"):
+            wait_ready(api, name)
+        deadline = time.monotonic() + 60
+        while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        owned = api.list_namespaced_pod("default", label_selector="app=owned").items
+        wait_ready(api, owned[0].metadata.name)
+        yield {"owned": owned[0].metadata.name}
+    finally:
+        apps.delete_namespaced_replica_set("owned", "default")
+        for name in pods:
+            delete_pod(api, name)
+
+
+@pytest.mark.parametrize(("pod", "target", "expected"), [
+    ("default/nosuchpod", "WORKER2", "pod default/nosuchpod not found"),
+    ("nosuchns/counter", "WORKER2", "namespace 'nosuchns' not found"),
+    ("default/hostpath", "nosuchnode", "node 'nosuchnode' not found"),
+    ("default/hostpath", "WORKER1", "volume 'data' is a hostPath"),
+    ("default/big", "WORKER1", "already runs on"),
+    ("default/done", "WORKER2", "is Succeeded, not Running"),
+    ("default/hostnet", "WORKER2", "uses the host's network"),
+    ("default/OWNED", "WORKER2", "is managed by ReplicaSet owned"),
+    ("default/big", "WORKER2", "has no room"),
+    ("default/big", None, "no node can take pod default/big"),
+])
+def test_bad_input_is_refused_before_anything_changes(api, cluster, refusals, pod, target, expected):
+    pod = pod.replace("OWNED", refusals["owned"])
+    target = {"WORKER1": WORKERS[0], "WORKER2": WORKERS[1]}.get(target, target)
+    before = sorted((p.metadata.name, p.metadata.uid, p.spec.node_name, p.status.phase)
+                    for p in api.list_namespaced_pod("default").items)
+    run = migrate(cluster, pod, target=target)
+    assert run.rc != 0
+    assert "refused, nothing changed" in run.output, run.output[-3000:]
+    assert expected in run.output, run.output[-3000:]
+    after = sorted((p.metadata.name, p.metadata.uid, p.spec.node_name, p.status.phase)
+                   for p in api.list_namespaced_pod("default").items)
+    assert after == before
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_a_cordoned_target_is_refused(api, cluster, refusals):
+    api.patch_node(WORKERS[1], {"spec": {"unschedulable": True}})
+    try:
+        run = migrate(cluster, "default/hostnet", target=WORKERS[1])
+    finally:
+        api.patch_node(WORKERS[1], {"spec": {"unschedulable": None}})
+    assert run.rc != 0
+    assert f"node {WORKERS[1]} is cordoned" in run.output
+
+
+def test_the_report_directory_is_root_only(cluster):
+    reports = Path(cluster["state"]) / "reports"
+    assert reports.stat().st_mode & 0o077 == 0
