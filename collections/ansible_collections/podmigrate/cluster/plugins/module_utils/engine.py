@@ -67,8 +67,27 @@ class Node:
             self.options += ["-i", key]
         self.options += shlex.split(ssh_args or "")
 
+        self.control = None
+
+    def multiplex(self, directory):
+        """Share one SSH connection between the commands of a migration (each new
+        connection costs a handshake, and the pod is fenced meanwhile)."""
+        self.control = directory
+
+    def close(self):
+        if self.control:
+            subprocess.run(["ssh", *self.ssh_options(), "-O", "exit", f"{self.user}@{self.host}"],
+                           capture_output=True, timeout=30, check=False)
+            self.control = None
+
+    def ssh_options(self):
+        if not self.control:
+            return self.options
+        return [*self.options, "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}/%C",
+                "-o", "ControlPersist=300"]
+
     def run(self, command, stdin=None, timeout=600, check=True):
-        res = subprocess.run(["ssh", *self.options, f"{self.user}@{self.host}", command], input=stdin,
+        res = subprocess.run(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command], input=stdin,
                              capture_output=True, timeout=timeout, check=False)
         if check and res.returncode != 0:
             raise NodeError(f"{self.name}: `{command}` failed ({res.returncode}): "
@@ -242,9 +261,10 @@ class Migration:
         self.archives = {}
         # whatever the kubelet writes for this pod from now on, even if its answer is lost
         pattern = shlex.quote(f"checkpoint-{self.name}_{self.namespace}-*")
+        marker = f"{MIGRATIONS}/{self.id}/checkpoint-started"
+        self.source.run(f"touch {marker}")
         self.undo.append(("remove the kubelet's archives", lambda: self.source.run(
-            f"find /var/lib/kubelet/checkpoints -maxdepth 1 -name {pattern} -newer {MIGRATIONS}/{self.id} -delete",
-            check=False)))
+            f"find /var/lib/kubelet/checkpoints -maxdepth 1 -name {pattern} -newer {marker} -delete", check=False)))
         for container in self.containers:
             # through the API server, which proxies with its kubelet client certificate: the
             # kubelet authenticates and authorises it (no anonymous access needed); the
@@ -293,8 +313,7 @@ class Migration:
             if container == VOLUMES:
                 continue
             ref = f"{CHECKPOINT_REPOSITORY}/{self.namespace}.{self.name}.{container}:{self.id}".lower()
-            self.undo.append(("remove the checkpoint image", lambda r=ref: self.target.run(
-                f"ctr -n k8s.io images rm {shlex.quote(r)}", check=False)))
+            self.undo.append(("remove the checkpoint image", lambda r=ref: self.target.helper("remove-image", r)))
             out = json.loads(self.target.helper("image", path, "--container", container, "--name", ref,
                                                 "--sha256", sha, timeout=self.timeout).strip().splitlines()[-1])
             self.images[container] = ref
@@ -371,6 +390,9 @@ class Migration:
     def run(self):
         started = time.monotonic()
         committed = False
+        control = tempfile.mkdtemp(prefix="podmigrate-ssh-")
+        for node in self.nodes.values():
+            node.multiplex(control)
         try:
             self.phase("validate", self.validate)
             self.event("MigrationStarted", f"moving to {self.target.name} ({self.transfer} transfer)")
@@ -400,6 +422,9 @@ class Migration:
             raise
         finally:
             self.cleanup()
+            for node in self.nodes.values():
+                node.close()
+            shutil.rmtree(control, ignore_errors=True)
             self.report["total_seconds"] = round(time.monotonic() - started, 3)
             self.summarize()
             self.write_report()
