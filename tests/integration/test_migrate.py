@@ -120,7 +120,11 @@ def leftovers(cluster):
         found[name] = node_run(cluster, name, (
             "ls /var/lib/kubelet/checkpoints /var/lib/podmigrate/migrations; "
             "cat /etc/podmigrate/authorized_keys; iptables -S FORWARD | grep podmigrate; "
-            "ctr -n k8s.io images ls -q | grep podmigrate-checkpoint; true")).split()
+            "ctr -n k8s.io images ls -q | grep podmigrate-checkpoint; "
+            # a checkpoint image's unpacked layer holds CRIU's memory pages
+            "find /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots "
+            "-path '*/fs/checkpoint/pages-*'; "
+            "true")).split()
     return {k: [w for w in v if not w.endswith(":")] for k, v in found.items()}
 
 
@@ -296,7 +300,7 @@ def reply():
         return None if line == "$-1" else f.read(int(line[1:]) + 2)[:-2].decode()
     if line[0] == "*":
         return [reply() for _ in range(int(line[1:]))]
-    return int(line[1:]) if line[0] == ":" else line
+    return int(line[1:]) if line[0] == ":" else line[1:]
 commands = json.loads(sys.argv[2])
 for c in commands:
     s.sendall(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in c))
