@@ -75,6 +75,8 @@ def manifests(tmp_path, monkeypatch):
     blobs.mkdir(parents=True)
     stored = {}
     for kind, data in (("manifest", {"schemaVersion": 2, "mediaType": node.MEDIA_MANIFEST, "config": {}, "layers": []}),
+                       ("bare", {"schemaVersion": 2, "config": {}, "layers": []}),
+                       ("config", {"architecture": "amd64", "config": {"Env": ["TOKEN=secret"]}}),
                        ("layer", b"secret process memory")):
         raw = data if isinstance(data, bytes) else json.dumps(data).encode()
         digest = hashlib.sha256(raw).hexdigest()
@@ -97,12 +99,18 @@ def test_the_manifest_endpoint_serves_manifests_by_digest(manifests):
     assert answer.headers["Docker-Content-Digest"] == digest
 
 
-@pytest.mark.parametrize("path", ["/v2/x/manifests/LAYER", "/v2/x/blobs/LAYER", "/v2/x/manifests/latest",
-                                  "/v2/x/manifests/sha256:" + "0" * 64])
-def test_the_manifest_endpoint_never_serves_layers_tags_or_unknown_blobs(manifests, path):
+def test_a_manifest_without_a_media_type_is_served_as_one(manifests):
+    url, stored = manifests
+    answer = urllib.request.urlopen(f"{url}/v2/x/manifests/{stored['bare'][0]}")
+    assert answer.headers["Content-Type"] == node.MEDIA_MANIFEST
+
+
+@pytest.mark.parametrize("path", ["/v2/x/manifests/LAYER", "/v2/x/manifests/CONFIG", "/v2/x/blobs/LAYER",
+                                  "/v2/x/manifests/latest", "/v2/x/manifests/sha256:" + "0" * 64])
+def test_the_manifest_endpoint_never_serves_layers_configs_tags_or_unknown_blobs(manifests, path):
     url, stored = manifests
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(url + path.replace("LAYER", stored["layer"][0]))
+        urllib.request.urlopen(url + path.replace("LAYER", stored["layer"][0]).replace("CONFIG", stored["config"][0]))
     assert err.value.code == 404
 
 
