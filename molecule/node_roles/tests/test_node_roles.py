@@ -81,7 +81,10 @@ def test_the_migration_helper_and_its_manifest_endpoint(host):
     assert host.file("/var/lib/podmigrate/migrations").mode == 0o700
     keys = host.file("/etc/podmigrate/authorized_keys")
     assert keys.mode == 0o600 and keys.user == "root"
-    assert "/etc/podmigrate/authorized_keys" in host.check_output("sshd -T | grep -i authorizedkeysfile")
+    sshd = host.check_output("sshd -T")
+    assert "/etc/podmigrate/authorized_keys" in sshd
+    # beside, not instead of, the node's own SSH settings
+    assert "passwordauthentication no" in sshd and "permitrootlogin without-password" in sshd
     assert host.service("podmigrate-manifests").is_running
     assert host.socket("tcp://127.0.0.1:5017").is_listening
     assert not host.socket("tcp://0.0.0.0:5017").is_listening
