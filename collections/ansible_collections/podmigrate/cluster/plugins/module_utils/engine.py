@@ -258,6 +258,8 @@ class Migration:
         self.report["established_after_drain"] = drained["established"]
 
     def checkpoint(self):
+        from kubernetes.client.rest import ApiException
+
         self.archives = {}
         # whatever the kubelet writes for this pod from now on, even if its answer is lost
         pattern = shlex.quote(f"checkpoint-{self.name}_{self.namespace}-*")
@@ -269,9 +271,13 @@ class Migration:
             # through the API server, which proxies with its kubelet client certificate: the
             # kubelet authenticates and authorises it (no anonymous access needed); the
             # kubelet's own limit is its runtimeRequestTimeout
-            answer = self.core.connect_post_node_proxy_with_path(
-                self.source.name, f"checkpoint/{self.namespace}/{self.name}/{container}",
-                _request_timeout=self.timeout, _preload_content=False)
+            try:
+                answer = self.core.connect_post_node_proxy_with_path(
+                    self.source.name, f"checkpoint/{self.namespace}/{self.name}/{container}",
+                    _request_timeout=self.timeout, _preload_content=False)
+            except ApiException as exc:
+                raise NodeError(f"checkpoint of {container} failed ({exc.status}): "
+                                f"{(exc.body or exc.reason or '').strip()}") from None
             items = json.loads(answer.read()).get("items") or []
             if len(items) != 1:
                 raise NodeError(f"the kubelet answered the checkpoint of {container} with {items}")
