@@ -48,9 +48,12 @@ def test_the_layer_is_the_archive_with_only_the_base_image_reference_changed(tmp
     archive = tmp_path / "checkpoint.tar"
     config = checkpoint_archive(archive)
     with open(archive, "rb") as f:
-        parts, size, dump = node.layer_parts(str(archive), f, "127.0.0.1:5017/x/counter@sha256:" + "b" * 64)
+        member, dump = node.checkpoint_config(str(archive), f)
+        parts, size = node.layer_parts(f, member, dump, "127.0.0.1:5017/x/counter@sha256:" + "b" * 64)
         layer = node.Segments(parts).read()
+        digests = node.archive_and_layer_digests(f, parts)
     assert dump == config and len(layer) == size
+    assert digests == (hashlib.sha256(archive.read_bytes()).hexdigest(), hashlib.sha256(layer).hexdigest())
     with tarfile.open(fileobj=io.BytesIO(layer)) as new, tarfile.open(archive) as old:
         assert new.getnames() == old.getnames()
         for member in old.getmembers():
@@ -66,7 +69,7 @@ def test_a_file_without_config_dump_is_not_a_checkpoint(tmp_path):
     with tarfile.open(archive, "w") as tar:
         tar.addfile(tarfile.TarInfo("empty"))
     with open(archive, "rb") as f, pytest.raises(ValueError, match="not a kubelet checkpoint"):
-        node.layer_parts(str(archive), f, "x")
+        node.checkpoint_config(str(archive), f)
 
 
 @pytest.fixture
