@@ -68,6 +68,13 @@ def ssh(state_dir: Path, address: str, command: str, timeout: int = 30) -> subpr
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def node_run(cluster: dict, name: str, command: str, timeout: int = 60) -> str:
+    """Run a command on the session cluster's node ``name``; it must succeed."""
+    res = ssh(cluster["state"], NODES[name][0], command, timeout=timeout)
+    assert res.returncode == 0, f"{name}: {command}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
 def scp(state_dir: Path, source: Path, address: str, dest: str) -> None:
     """Copy a file to a node over real SSH."""
     subprocess.run(["scp", "-q", *ssh_options(state_dir), str(source), f"root@{address}:{dest}"], check=True)

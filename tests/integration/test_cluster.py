@@ -15,7 +15,7 @@ from helpers import run_playbook
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from integration.nodes import NODES, scp, ssh, write_busybox_image
+from integration.nodes import NODES, node_run, scp, write_busybox_image
 
 pytestmark = pytest.mark.nodes
 
@@ -25,12 +25,6 @@ CONTROL_PLANE = next(name for name, (_, group) in NODES.items() if group == "con
 # A web server whose page names its pod, and an in-memory counter the checkpoint carries.
 SERVE = ("mkdir -p /www && hostname > /www/index.html && httpd -p 8080 -h /www && "
          "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
-
-
-def node_run(cluster, name, command, timeout=60):
-    res = ssh(cluster["state"], NODES[name][0], command, timeout=timeout)
-    assert res.returncode == 0, f"{name}: {command}\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from helpers import ROOT, run_playbook
 from kubernetes import client, config
 
-from integration.nodes import NODES, scp, ssh, ssh_options, write_redis_image
+from integration.nodes import NODES, node_run, scp, ssh_options, write_redis_image
 
 pytestmark = pytest.mark.nodes
 
@@ -35,13 +35,6 @@ while not os.path.exists(stop):
         print(json.dumps([t, None, type(exc).__name__]), flush=True)
     time.sleep(0.02)
 """
-
-
-def node_run(cluster, name, command, timeout=60, check=True):
-    res = ssh(cluster["state"], NODES[name][0], command, timeout=timeout)
-    if check:
-        assert res.returncode == 0, f"{name}: {command}\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 @pytest.fixture(scope="module")
