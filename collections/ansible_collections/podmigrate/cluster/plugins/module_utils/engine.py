@@ -116,6 +116,7 @@ class Migration:
         self.helper_digest = helper_digest
         self.timeout = timeout
         self.id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+        self.directory = f"{MIGRATIONS}/{self.id}"  # on both nodes
         self.report = {"id": self.id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
                        "containers": {}, "result": "running"}
         self.undo = []
@@ -213,7 +214,7 @@ class Migration:
         self.pod_ip = (pod.get("status") or {}).get("podIP")
 
     def prepare(self):
-        directory = f"{MIGRATIONS}/{self.id}"
+        directory = self.directory
         for node in (self.source, self.target):
             node.run(f"install -d -m 0700 {MIGRATIONS} {directory}")
             self.undo.append(("remove files", lambda n=node: n.run(f"rm -rf {directory}", check=False)))
@@ -263,7 +264,7 @@ class Migration:
         self.archives = {}
         # whatever the kubelet writes for this pod from now on, even if its answer is lost
         pattern = shlex.quote(f"checkpoint-{self.name}_{self.namespace}-*")
-        marker = f"{MIGRATIONS}/{self.id}/checkpoint-started"
+        marker = f"{self.directory}/checkpoint-started"
         self.source.run(f"touch {marker}")
         self.undo.append(("remove the kubelet's archives", lambda: self.source.run(
             f"find /var/lib/kubelet/checkpoints -maxdepth 1 -name {pattern} -newer {marker} -delete", check=False)))
@@ -287,13 +288,13 @@ class Migration:
             self.report["containers"].setdefault(container, {})["checkpoint_bytes"] = size
         if self.volumes:
             # right after the checkpoints, while the fence keeps the volumes as the processes left them
-            path = f"{MIGRATIONS}/{self.id}/{VOLUMES}"
+            path = f"{self.directory}/{VOLUMES}"
             packed = json.loads(self.source.helper("pack-volumes", self.pod["metadata"]["uid"], path, *self.volumes))
             self.archives[VOLUMES] = path
             self.report["volumes"] = {"names": self.volumes, "bytes": packed["bytes"]}
 
     def move(self):
-        directory = f"{MIGRATIONS}/{self.id}"
+        directory = self.directory
         self.received = {}
         for container, archive in self.archives.items():
             if self.transfer == "direct":
