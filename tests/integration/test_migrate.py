@@ -213,22 +213,32 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     assert leftovers(cluster) == {w: [] for w in WORKERS}
 
 
-@pytest.mark.parametrize(("broken", "expected"), [("target", "restored pod counter-"),
-                                                 ("source", "checkpoint of counter failed")])
-def test_a_node_whose_criu_cannot_run_rolls_back_to_the_running_source(api, cluster, counter, broken, expected):
+# runc checkpoints and restores through CRIU: without it the kubelet's checkpoint fails on
+# the source, or CRI's restore on the target, for real; a CRIU that runs and fails (an
+# action script that fails) leaves its log, whose end the error shows
+BREAK = {"cannot run": ("chmod a-x /usr/sbin/criu", "chmod 0755 /usr/sbin/criu"),
+         "fails": ("cp /etc/criu/runc.conf /etc/criu/runc.conf.orig && "
+                   "echo 'action-script /bin/false' >> /etc/criu/runc.conf",
+                   "mv /etc/criu/runc.conf.orig /etc/criu/runc.conf")}
+
+
+@pytest.mark.parametrize(("broken", "how", "expected"), [
+    ("target", "cannot run", ["restored pod counter-"]),
+    ("source", "cannot run", ["checkpoint of counter failed"]),
+    ("source", "fails", ["checkpoint of counter failed", "CRIU's log ends", "action scripts failed"])])
+def test_a_node_whose_criu_fails_rolls_back_to_the_running_source(api, cluster, counter, broken, how, expected):
     source = current(api, "counter")
     target = next(w for w in WORKERS if w != source.spec.node_name)
     before = int(ask(cluster, counter["url"]))
-    # runc checkpoints and restores through CRIU: without it the kubelet's checkpoint
-    # fails on the source, or CRI's restore on the target, for real
     node = target if broken == "target" else source.spec.node_name
-    node_run(cluster, node, "chmod a-x /usr/sbin/criu")
+    node_run(cluster, node, BREAK[how][0])
     try:
         run = migrate(cluster, "default/counter", target=target)
     finally:
-        node_run(cluster, node, "chmod 0755 /usr/sbin/criu")
+        node_run(cluster, node, BREAK[how][1])
     assert run.rc != 0
-    assert "rolled back" in run.output and expected in run.output, run.output[-3000:]
+    assert "rolled back" in run.output, run.output[-3000:]
+    assert all(e in run.output for e in expected), run.output[-3000:]
     still = current(api, "counter")
     assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
     assert still.status.phase == "Running"

@@ -277,8 +277,9 @@ class Migration:
                     self.source.name, f"checkpoint/{self.namespace}/{self.name}/{container}",
                     _request_timeout=self.timeout, _preload_content=False)
             except ApiException as exc:
-                raise NodeError(f"checkpoint of {container} failed ({exc.status}): "
-                                f"{(exc.body or exc.reason or '').strip()}") from None
+                said = (exc.body or exc.reason or "").strip()
+                raise NodeError(f"checkpoint of {container} failed ({exc.status}): {said}"
+                                + self.criu_log(said)) from None
             items = json.loads(answer.read()).get("items") or []
             if len(items) != 1:
                 raise NodeError(f"the kubelet answered the checkpoint of {container} with {items}")
@@ -292,6 +293,14 @@ class Migration:
             packed = json.loads(self.source.helper("pack-volumes", self.pod["metadata"]["uid"], path, *self.volumes))
             self.archives[VOLUMES] = path
             self.report["volumes"] = {"names": self.volumes, "bytes": packed["bytes"]}
+
+    def criu_log(self, said):
+        """The end of the CRIU log the runtime names in its error (gone with the container)."""
+        found = re.search(r"path= ?(/\S+/criu-dump\.log)", said)
+        if not found:
+            return ""
+        tail = self.source.run(f"tail -n 12 {shlex.quote(found.group(1))}", check=False).strip()
+        return f"\nCRIU's log ends:\n{tail}" if tail else ""
 
     def move(self):
         directory = self.directory
