@@ -4,6 +4,7 @@ engine path (clone, wait, only then delete the source; on failure delete the clo
 from __future__ import annotations
 
 import copy
+import json
 import types
 
 import pytest
@@ -131,7 +132,8 @@ class FakeCore:
     """The API calls the clone path makes, against pods kept in a dict. ``clone_status``
     is what the target's (fork) kubelet makes of the clone."""
 
-    def __init__(self, source, clone_status, source_after=None):
+    def __init__(self, source, clone_status, source_after=None, fork=True):
+        self.fork = fork
         self.pods = {source["metadata"]["name"]: source}
         self.clone_status = clone_status
         self.source_after = source_after
@@ -157,13 +159,20 @@ class FakeCore:
     def list_namespaced_persistent_volume_claim(self, namespace):
         return types.SimpleNamespace(items=[])
 
-    def create_namespaced_pod(self, namespace, body):
-        self.calls.append(("create", body["metadata"]["name"]))
-        self.created = body
-        self.pods[body["metadata"]["name"]] = dict(body, status=self.clone_status)
-        if self.source_after:
-            self.pods["counter1"]["status"] = self.source_after
-        return body
+    def create_namespaced_pod(self, namespace, body, dry_run=None, _preload_content=True):
+        stored = copy.deepcopy(body)
+        if not self.fork:  # an API server without the fork drops the field it does not know
+            del stored["spec"]["clonePod"]
+        if dry_run == "All":
+            self.calls.append(("dry-run", body["metadata"]["name"]))
+        else:
+            self.calls.append(("create", body["metadata"]["name"]))
+            self.created = body
+            self.pods[body["metadata"]["name"]] = dict(stored, status=self.clone_status)
+            if self.source_after:
+                self.pods["counter1"]["status"] = self.source_after
+        assert _preload_content is False  # read raw: V1PodSpec would drop clonePod
+        return types.SimpleNamespace(data=json.dumps(stored).encode())
 
     def delete_namespaced_pod(self, name, namespace, **kw):
         self.calls.append(("delete", name))
@@ -187,7 +196,8 @@ RUNNING = {"phase": "Running", "containerStatuses": [{"name": "counter1", "ready
 def test_the_source_is_deleted_only_after_the_clone_runs(tmp_path):
     core = FakeCore(counter(), RUNNING)
     report = clone_job(core, tmp_path).run()
-    assert [c for c in core.calls if c[0] != "event"] == [("create", core.created["metadata"]["name"]),
+    clone = core.created["metadata"]["name"]
+    assert [c for c in core.calls if c[0] != "event"] == [("dry-run", clone), ("create", clone),
                                                           ("delete", "counter1")]
     assert core.created["spec"]["clonePod"] == "counter1"
     assert core.created["spec"]["nodeName"] == "zone3"
@@ -206,7 +216,7 @@ def test_a_clone_that_fails_is_deleted_and_the_source_is_left_alone(tmp_path):
     with pytest.raises(engine.NodeError) as err:
         job.run()
     clone = core.created["metadata"]["name"]
-    assert [c for c in core.calls if c[0] != "event"] == [("create", clone), ("delete", clone)]
+    assert [c for c in core.calls if c[0] != "event"] == [("dry-run", clone), ("create", clone), ("delete", clone)]
     assert "counter1" in core.pods and clone not in core.pods
     assert "no checkpoint on the share" in str(err.value)
     assert "the clone was deleted; the source pod default/counter1 still runs" in str(err.value)
@@ -245,3 +255,12 @@ def test_a_pod_already_cloned_to_the_target_is_left_as_it_is(tmp_path):
     report = clone_job(core, tmp_path).run()
     assert report["result"] == "already there"
     assert [c for c in core.calls if c[0] != "event"] == []
+
+
+def test_a_cluster_without_the_fork_is_refused_before_anything_is_created(tmp_path):
+    # upstream Kubernetes would start the "clone" afresh and the source's state would be lost
+    core = FakeCore(counter(), RUNNING, fork=False)
+    with pytest.raises(migration.MigrationError, match=r"drops spec\.clonePod: this cluster does not run"):
+        clone_job(core, tmp_path).run()
+    assert [c[0] for c in core.calls if c[0] != "event"] == ["dry-run"]
+    assert list(core.pods) == ["counter1"]

@@ -9,7 +9,8 @@ the clone from the checkpoint share. The engine therefore needs no SSH and no no
 helper here. Phases (each timed and reported, as upstream):
 
   validate  every refusal of the upstream profile plus the fork's own
-            (migration.plan_clone), before anything changes
+            (migration.plan_clone), and a dry run of the clone pod: an API server
+            that drops spec.clonePod is not the fork; before anything changes
   clone     the clone pod created on the target (migration.clone_pod)
   verify    the clone Running, every container ready, none restarted
   commit    only now is the source pod deleted
@@ -21,6 +22,8 @@ during the migration"), and the error says in which state it was left.
 
 from __future__ import annotations
 
+import json
+
 from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration
 
 
@@ -30,20 +33,42 @@ class CloneMigration(engine.Migration):
         self.report.update(profile=migration.SEED_FORK, transfer="clonePod (the fork's checkpoint share)")
 
     def validate(self):
+        from kubernetes.client.rest import ApiException
+
         pod, nodes, pods_by_node, claims = self.observe()
         source, target = migration.plan_clone(pod, nodes, pods_by_node, claims, self.target_name)
         self.pod = pod
         self.report.update(source=source, target=target)
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
+        self.manifest = migration.clone_pod(pod, target, self.id.rsplit("-", 1)[1])
+        # An API server without the fork drops spec.clonePod: the "clone" would start
+        # afresh, run, and the source would be deleted with its state. Ask it first.
+        try:
+            stored = self.create(dry_run=True)
+        except ApiException as exc:
+            raise migration.MigrationError([f"the API server refuses the clone pod ({exc.status}): "
+                                            f"{(exc.body or exc.reason or '').strip()[:600]}"]) from None
+        if (stored.get("spec") or {}).get("clonePod") != self.name:
+            raise migration.MigrationError([self.not_the_fork()])
+
+    def not_the_fork(self):
+        return ("the API server drops spec.clonePod: this cluster does not run the tutorial's fork "
+                "(the seed-fork profile needs it; an upstream cluster migrates with podmigrate_profile=upstream)")
+
+    def create(self, dry_run=False):
+        """Create the clone pod (or only ask the API server what it would store); the pod
+        as stored, read raw: the client's V1PodSpec does not know spec.clonePod."""
+        kwargs = {"dry_run": "All"} if dry_run else {}
+        answer = self.core.create_namespaced_pod(self.namespace, self.manifest, _preload_content=False, **kwargs)
+        return json.loads(answer.data)
 
     def clone(self):
-        manifest = migration.clone_pod(self.pod, self.report["target"], self.id.rsplit("-", 1)[1])
-        self.restored_name = manifest["metadata"]["name"]
+        self.restored_name = self.manifest["metadata"]["name"]
         self.undo.append(("delete the restored pod", self.delete_restored))
-        # a dict body goes to the API server as it is: spec.clonePod, which the client's
-        # V1PodSpec does not know, is kept
-        self.core.create_namespaced_pod(self.namespace, manifest)
+        stored = self.create()
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
+        if (stored.get("spec") or {}).get("clonePod") != self.name:
+            raise engine.NodeError(self.not_the_fork())
 
     def verify(self):
         self.wait_running("clone pod")
