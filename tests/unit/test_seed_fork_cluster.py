@@ -7,7 +7,7 @@ import stat
 import textwrap
 
 import yaml
-from helpers import run_playbook
+from helpers import ROOT, run_playbook
 
 # Adrian Stobbe, "[Tutorial]: Kubernetes stateful pod migration", section "Kubeadm init"
 TUTORIAL_CONF = """\
@@ -98,3 +98,36 @@ def test_the_role_refuses_an_unpinned_cni_manifest_before_changing_anything(tmp_
     assert "seed_fork_cluster_cni_manifest_sha256 is not set" in run.output
     assert run.changed() == 0
     assert "Kubeadm init" not in run.output
+
+
+def test_the_join_configuration_is_the_tutorials_join_command(tmp_path):
+    playbook = tmp_path / "join.yml"
+    out = tmp_path / "join.yaml"
+    playbook.write_text(textwrap.dedent(f"""\
+        - name: Render the seed-fork join configuration
+          hosts: localhost
+          connection: local
+          gather_facts: false
+          vars:
+            ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+            seed_fork_cluster_cri_socket: /run/containerd/containerd.sock
+            seed_fork_cluster_endpoint: 192.168.0.7:6443
+            seed_fork_cluster_join_token: abcdef.0123456789abcdef
+            seed_fork_cluster_join_ca_hash: sha256:{"0" * 64}
+          tasks:
+            - name: The role's join template
+              ansible.builtin.template:
+                src: {ROOT}/roles/seed_fork_cluster/templates/join.yaml.j2
+                dest: {out}
+                mode: "0600"
+        """))
+    run = run_playbook(str(playbook), "localhost,")
+    assert run.rc == 0, run.output
+    # `kubeadm join 192.168.0.7:6443 --token ... --discovery-token-ca-cert-hash sha256:...
+    #  --cri-socket "/run/containerd/containerd.sock"` as kubeadm v1beta2 reads it
+    assert yaml.safe_load(out.read_text()) == {
+        "apiVersion": "kubeadm.k8s.io/v1beta2", "kind": "JoinConfiguration",
+        "discovery": {"bootstrapToken": {"apiServerEndpoint": "192.168.0.7:6443",
+                                         "token": "abcdef.0123456789abcdef",
+                                         "caCertHashes": ["sha256:" + "0" * 64]}},
+        "nodeRegistration": {"criSocket": "/run/containerd/containerd.sock"}}
