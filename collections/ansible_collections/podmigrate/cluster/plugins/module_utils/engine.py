@@ -155,10 +155,11 @@ class Migration:
         return self.api_client.sanitize_for_serialization(obj)
 
     # ------------------------------------------------------------ phases
-    def validate(self):
+    def observe(self):
+        """The pod (or the pod it was moved to before), the nodes, the pods on each node
+        and the namespace's claims, as plain dicts."""
         from kubernetes.client.rest import ApiException
 
-        problems = []
         try:
             self.core.read_namespace(self.namespace)
         except ApiException as exc:
@@ -187,6 +188,11 @@ class Migration:
             pods_by_node.setdefault((p.get("spec") or {}).get("nodeName"), []).append(p)
         claims = {c["metadata"]["name"]: c for c in self.as_dict(
             self.core.list_namespaced_persistent_volume_claim(self.namespace).items)}
+        return pod, nodes, pods_by_node, claims
+
+    def validate(self):
+        problems = []
+        pod, nodes, pods_by_node, claims = self.observe()
         try:
             source, target = migration.plan(pod, nodes, pods_by_node, claims, self.target_name)
         except migration.MigrationError as exc:
@@ -381,16 +387,20 @@ class Migration:
             time.sleep(0.2)
         raise NodeError(f"pod {self.namespace}/{name} still exists after {timeout} s")
 
-    def verify(self):
+    def wait_running(self, what="restored pod"):
+        """The restored pod once Running with every container ready and none restarted."""
         deadline = time.monotonic() + self.timeout
         while True:
             pod = self.as_dict(self.core.read_namespaced_pod(self.restored_name, self.namespace))
             problem = migration.restored_problem(pod, self.containers)
             if problem is None:
-                break
+                return pod
             if problem.startswith("failed:") or time.monotonic() > deadline:
-                raise NodeError(f"restored pod {self.restored_name}: {problem.removeprefix('failed: ')}")
+                raise NodeError(f"{what} {self.restored_name}: {problem.removeprefix('failed: ')}")
             time.sleep(0.1)
+
+    def verify(self):
+        pod = self.wait_running()
         uid = pod["metadata"]["uid"]
         restored = json.loads(self.target.helper("restored", uid))
         fresh = [c for c in self.containers if not restored.get(c)]
@@ -410,20 +420,7 @@ class Migration:
         for node in self.nodes.values():
             node.multiplex(control)
         try:
-            self.phase("validate", self.validate)
-            self.event("MigrationStarted", f"moving to {self.target.name} ({self.transfer} transfer)")
-            self.phase("prepare", self.prepare)
-            fenced = time.monotonic()
-            self.phase("fence", self.fence)
-            self.phase("checkpoint", self.checkpoint)
-            self.phase("transfer", self.move)
-            self.phase("import", self.import_images)
-            self.phase("restore", self.restore)
-            self.phase("verify", self.verify)
-            self.report["fenced_seconds"] = round(time.monotonic() - fenced, 3)
-            # the commit point: from here the restored pod stays; the fence goes once the source is gone
-            self.undo = [u for u in self.undo if u[0] != "delete the restored pod"]
-            self.phase("commit", self.commit)
+            self.execute()
             committed = True
             self.report["result"] = "migrated"
         except AlreadyThere as exc:
@@ -447,6 +444,23 @@ class Migration:
             if committed:
                 self.event("MigrationDone", self.report["summary"], pod_name=self.restored_name)
         return self.report
+
+    def execute(self):
+        """The phases up to and including the commit (the seed-fork profile has its own)."""
+        self.phase("validate", self.validate)
+        self.event("MigrationStarted", f"moving to {self.target.name} ({self.transfer} transfer)")
+        self.phase("prepare", self.prepare)
+        fenced = time.monotonic()
+        self.phase("fence", self.fence)
+        self.phase("checkpoint", self.checkpoint)
+        self.phase("transfer", self.move)
+        self.phase("import", self.import_images)
+        self.phase("restore", self.restore)
+        self.phase("verify", self.verify)
+        self.report["fenced_seconds"] = round(time.monotonic() - fenced, 3)
+        # the commit point: from here the restored pod stays; the fence goes once the source is gone
+        self.undo = [u for u in self.undo if u[0] != "delete the restored pod"]
+        self.phase("commit", self.commit)
 
     def cleanup(self):
         errors = []

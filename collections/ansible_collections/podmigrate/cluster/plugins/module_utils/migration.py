@@ -196,14 +196,11 @@ def restored_pod(pod, target, images, suffix, fill_image=None):
     one init container of ours, FILL_CONTAINER, holds the restore back until the engine
     has filled the pod's emptyDir volumes and ends it.
     """
-    meta, spec = pod.get("metadata") or {}, copy.deepcopy(pod.get("spec") or {})
+    spec = copy.deepcopy(pod.get("spec") or {})
     missing = [c["name"] for c in spec.get("containers", []) if c["name"] not in images]
     if missing:
         raise ValueError(f"no checkpoint image for container(s) {', '.join(missing)}")
-    if not re.match(r"^[a-z0-9]{1,10}$", suffix):
-        raise ValueError(f"suffix must be 1-10 lower-case letters or digits: {suffix!r}")
-    base = meta.get("annotations", {}).get(ORIGINAL_NAME, meta["name"])
-    name = f"{base[:63 - len(suffix) - 1]}-{suffix}"
+    metadata = _moved_metadata(pod, suffix)
     for container in spec["containers"]:
         container["image"] = images[container["name"]]
         container["imagePullPolicy"] = "Never"
@@ -214,12 +211,75 @@ def restored_pod(pod, target, images, suffix, fill_image=None):
         spec["initContainers"] = [{"name": FILL_CONTAINER, "image": fill_image, "imagePullPolicy": "Never",
                                    "resources": copy.deepcopy(spec["containers"][0].get("resources") or {})}]
     spec["nodeName"] = target
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def _moved_metadata(pod, suffix):
+    """Metadata of the pod that replaces ``pod`` on another node: ``<original name>-<suffix>``,
+    the same namespace and labels (Services follow it), the original name and node in
+    annotations (a pod moved twice keeps its first name)."""
+    meta = pod.get("metadata") or {}
+    if not re.match(r"^[a-z0-9]{1,10}$", suffix):
+        raise ValueError(f"suffix must be 1-10 lower-case letters or digits: {suffix!r}")
+    base = (meta.get("annotations") or {}).get(ORIGINAL_NAME, meta["name"])
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                    if not k.startswith("kubectl.kubernetes.io/last-applied")}
     annotations[ORIGINAL_NAME] = base
     annotations[ORIGINAL_NODE] = (pod.get("spec") or {}).get("nodeName", "")
-    metadata = {"name": name, "namespace": meta.get("namespace", "default"),
-                "labels": dict(meta.get("labels") or {}), "annotations": annotations}
+    return {"name": f"{base[:63 - len(suffix) - 1]}-{suffix}", "namespace": meta.get("namespace", "default"),
+            "labels": dict(meta.get("labels") or {}), "annotations": annotations}
+
+
+# ---------------------------------------------------------------- the seed-fork profile
+# The original tutorial's fork (Kubernetes v1.19 with Schrettenbrunner's PoC) migrates a
+# pod when a new pod names it in ``spec.clonePod``: the fork's kubelets checkpoint the
+# source and restore the clone from the checkpoint share. docs/seed-fork-cluster.md.
+UPSTREAM, SEED_FORK = "upstream", "seed-fork"
+PROFILES = (UPSTREAM, SEED_FORK)
+
+
+def clone_problems(pod):
+    """What the seed-fork profile refuses on top of ``plan``'s refusals."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    ref = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+    problems = []
+    policy = spec.get("restartPolicy") or "Always"
+    if policy != "Never":
+        problems.append(f"pod {ref} has restartPolicy {policy}: the seed-fork profile needs Never (the tutorial: "
+                        "otherwise the source container is restarted while the fork checkpoints it)")
+    for volume in spec.get("volumes") or []:
+        if "emptyDir" in volume:
+            problems.append(f"volume {volume.get('name')!r} is an emptyDir: the fork's clone checkpoints processes, "
+                            "not volumes; its files would be lost (the upstream profile carries them)")
+    return problems
+
+
+def plan_clone(pod, nodes, pods_by_node, claims=None, target=None):
+    """``plan`` for the seed-fork profile: every refusal of ``plan`` and of ``clone_problems``
+    at once; returns (source node, target node)."""
+    problems = clone_problems(pod)
+    try:
+        planned = plan(pod, nodes, pods_by_node, claims, target)
+    except MigrationError as exc:
+        raise MigrationError(exc.problems + problems) from None
+    if problems:
+        raise MigrationError(problems)
+    return planned
+
+
+def clone_pod(pod, target, suffix):
+    """The tutorial's clone pod for ``pod`` on ``target``: the same spec and containers (the
+    fork restores them from the source's checkpoint), ``spec.clonePod`` naming the source,
+    ``restartPolicy: Never``, bound to the target node; labels kept and the original name
+    and node recorded as for an upstream migration."""
+    spec = copy.deepcopy(pod.get("spec") or {})
+    metadata = _moved_metadata(pod, suffix)
+    # the source's placement rules would keep the clone off the target: nodeName decides
+    for key in ("nodeName", "nodeSelector", "affinity", "schedulerName"):
+        spec.pop(key, None)
+    spec["nodeName"] = target
+    spec["clonePod"] = pod["metadata"]["name"]
+    spec["restartPolicy"] = "Never"
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 

@@ -53,6 +53,18 @@ options:
     description: Seconds allowed to each of checkpoint, transfer, import and restore.
     type: int
     default: 600
+  profile:
+    description:
+      - The cluster's runtime profile (C(podmigrate_profile)). C(upstream) checkpoints and
+        restores through the kubelet checkpoint API and containerd (the phases above).
+      - C(seed-fork) migrates as the original tutorial does on its forked Kubernetes v1.19
+        (C(docs/seed-fork-cluster.md)) by creating the clone pod (C(spec.clonePod) naming
+        the source, the same containers, C(restartPolicy=Never)) on the target and waiting
+        until it runs; the source is deleted only then. I(transfer), I(share_dir) and
+        I(helper) do not apply (the fork moves the checkpoint through its own share).
+    type: str
+    choices: [upstream, seed-fork]
+    default: upstream
 """
 
 EXAMPLES = r"""
@@ -76,7 +88,7 @@ report:
 import hashlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration
+from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration, seedfork
 
 
 def main():
@@ -92,6 +104,7 @@ def main():
             "report_dir": {"type": "path"},
             "progress_file": {"type": "path"},
             "timeout": {"type": "int", "default": 600},
+            "profile": {"type": "str", "choices": list(migration.PROFILES), "default": migration.UPSTREAM},
         },
     )
     p = module.params
@@ -116,14 +129,18 @@ def main():
     try:
         namespace, name = engine.parse_pod(p["pod"])
         api = config.new_client_from_config(config_file=p["kubeconfig"])
-        job = engine.Migration(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
-                               share_dir=p["share_dir"], report_dir=p["report_dir"], progress=progress,
-                               helper_digest=helper_digest, timeout=p["timeout"])
+        engine_class = seedfork.migration_class(p["profile"])
+        job = engine_class(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
+                           share_dir=p["share_dir"], report_dir=p["report_dir"], progress=progress,
+                           helper_digest=helper_digest, timeout=p["timeout"])
         report = job.run()
     except migration.MigrationError as exc:
         module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,
                          report=job.report if job else {})
     except Exception as exc:
+        if p["profile"] == migration.SEED_FORK:
+            # the error says what became of the source (the fork may have stopped it)
+            module.fail_json(msg=f"migration failed: {exc}", report=job.report if job else {})
         module.fail_json(msg=f"migration failed and was rolled back; the source pod runs on: {exc}",
                          report=job.report if job else {})
     module.exit_json(changed=report["result"] == "migrated", report=report)
