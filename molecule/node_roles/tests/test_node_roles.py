@@ -23,6 +23,13 @@ def test_containerd_config_is_the_roles(host):
     assert "restrict_oom_score_adj = true" in config.content_string
 
 
+def test_containerd_writes_checkpoints_to_disk_not_to_the_tmpfs(host):
+    # CRIU's checkpoint images go to containerd's TMPDIR: the node's /tmp is a small tmpfs
+    assert host.file("/var/lib/containerd/tmp").mode == 0o700
+    pid = host.check_output("systemctl show -p MainPID --value containerd")
+    assert "TMPDIR=/var/lib/containerd/tmp" in host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ").split()
+
+
 def test_only_containerd_and_runc_come_from_sid(host):
     pins = host.file("/etc/apt/preferences.d/podmigrate-containerd").content_string
     assert "Pin: release n=sid\nPin-Priority: 100" in pins
