@@ -99,6 +99,16 @@ def test_every_node_is_ready_at_the_pinned_version(api):
         assert node.status.node_info.container_runtime_version.startswith("containerd://2.")
 
 
+def test_kubelets_evict_by_absolute_disk_thresholds_on_local_nodes(api):
+    # the nodes share the host's disk: percentages of it evicted big migrations' pods
+    for node in api.list_node().items:
+        live = json.loads(api.connect_get_node_proxy_with_path(node.metadata.name, "configz",
+                                                               _preload_content=False).read())
+        assert live["kubeletconfig"]["evictionHard"] == {
+            "memory.available": "100Mi", "nodefs.available": "4Gi", "imagefs.available": "4Gi",
+            "nodefs.inodesFree": "5%", "imagefs.inodesFree": "5%"}, node.metadata.name
+
+
 def test_a_pod_runs_on_each_worker_with_a_pod_ip_from_its_node(api, web):
     nodes = {n.metadata.name: n for n in api.list_node().items}
     for name, pod in web.items():
