@@ -233,7 +233,7 @@ def _moved_metadata(pod, suffix):
 # ---------------------------------------------------------------- the seed-fork profile
 # The original tutorial's fork (Kubernetes v1.19 with Schrettenbrunner's PoC) migrates a
 # pod when a new pod names it in ``spec.clonePod``: the fork's kubelets checkpoint the
-# source and restore the clone from the checkpoint share. docs/seed-fork-cluster.md.
+# source and restore the clone from the checkpoint share. docs/seed-fork.md.
 UPSTREAM, SEED_FORK = "upstream", "seed-fork"
 PROFILES = (UPSTREAM, SEED_FORK)
 

@@ -58,7 +58,7 @@ options:
       - The cluster's runtime profile (C(podmigrate_profile)). C(upstream) checkpoints and
         restores through the kubelet checkpoint API and containerd (the phases above).
       - C(seed-fork) migrates as the original tutorial does on its forked Kubernetes v1.19
-        (C(docs/seed-fork-cluster.md)) by creating the clone pod (C(spec.clonePod) naming
+        (C(docs/seed-fork.md)) by creating the clone pod (C(spec.clonePod) naming
         the source, the same containers, C(restartPolicy=Never)) on the target and waiting
         until it runs; the source is deleted only then. I(transfer), I(share_dir) and
         I(helper) do not apply (the fork moves the checkpoint through its own share).
