@@ -225,7 +225,7 @@ BREAK = {"cannot run": ("chmod a-x /usr/sbin/criu", "chmod 0755 /usr/sbin/criu")
 @pytest.mark.parametrize(("broken", "how", "expected"), [
     ("target", "cannot run", ["restored pod counter-"]),
     ("source", "cannot run", ["checkpoint of counter failed"]),
-    ("source", "fails", ["checkpoint of counter failed", "CRIU's log ends", "action scripts failed"])])
+    ("source", "fails", ["checkpoint of counter failed", "CRIU's log:", "action scripts failed"])])
 def test_a_node_whose_criu_fails_rolls_back_to_the_running_source(api, cluster, counter, broken, how, expected):
     source = current(api, "counter")
     target = next(w for w in WORKERS if w != source.spec.node_name)

@@ -301,12 +301,14 @@ class Migration:
             self.report["volumes"] = {"names": self.volumes, "bytes": packed["bytes"]}
 
     def criu_log(self, said):
-        """The end of the CRIU log the runtime names in its error (gone with the container)."""
+        """What the CRIU log the runtime names in its error says (gone with the container)."""
         found = re.search(r"path= ?(/\S+/criu-dump\.log)", said)
         if not found:
             return ""
-        tail = self.source.run(f"tail -n 12 {shlex.quote(found.group(1))}", check=False).strip()
-        return f"\nCRIU's log ends:\n{tail}" if tail else ""
+        log = shlex.quote(found.group(1))
+        # its first errors say why; its end, where it stopped
+        said = self.source.run(f"grep -m 6 'Error' {log}; echo ...; tail -n 3 {log}", check=False).strip()
+        return f"\nCRIU's log:\n{said}" if said != "..." else ""
 
     def move(self):
         directory = self.directory
