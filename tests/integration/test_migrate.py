@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import ROOT, run_playbook
 from kubernetes import client, config
+from smbserver import SambaServer
 
-from integration.nodes import NODES, node_run, scp, ssh_options, write_redis_image
+from integration.nodes import BRIDGE, NODES, node_run, scp, ssh_options, write_redis_image
 
 pytestmark = pytest.mark.nodes
 
@@ -261,6 +263,99 @@ def test_the_share_transfer_moves_it_through_the_directory_both_nodes_mount(api,
     assert ask(cluster, counter["checksum"]) == checksum
     assert list((cluster["state"] / "share").iterdir()) == []
     assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+# A real Samba server on the nodes' bridge, standing in for Azure Files (SMB3, a user and a password)
+SMB_NS, SMB_HOST_IF, SMB_IP = "pmt-smb", "pmt-smb0", "10.213.250.5"
+ROLE_PLAY = """
+- name: The node side of migrations
+  hosts: control_plane:workers
+  gather_facts: false
+  roles: [migration_node]
+"""
+
+
+@pytest.fixture(scope="module")
+def smb(cluster, tmp_path_factory):
+    """The Samba server, and the nodes configured for it by the migration_node role through an
+    inventory that names it; the nodes' SMB settings are removed again at the end."""
+    work = tmp_path_factory.mktemp("smb")
+    play = work / "migration-node.yml"
+    play.write_text(ROLE_PLAY)
+    server = SambaServer(work / "server", SMB_NS, SMB_HOST_IF, f"{SMB_IP}/24", bridge=BRIDGE)
+    try:
+        (server.share_dir / "podmigrate").mkdir()
+        inventory = yaml.safe_load(cluster["inventory"].read_text())
+        settings = server.settings("podmigrate")
+        inventory["all"]["children"]["nodes"]["vars"].update({
+            "migration_node_smb_server": settings["server"], "migration_node_smb_share": settings["share"],
+            "migration_node_smb_path": settings["path"], "migration_node_smb_username": settings["username"],
+            "migration_node_smb_password": settings["password"]})
+        smb_inventory = work / "hosts-smb.yml"
+        smb_inventory.write_text(yaml.safe_dump(inventory))
+        smb_inventory.chmod(0o600)
+        runs = [run_playbook(str(play), smb_inventory) for _ in range(2)]
+        yield {"server": server, "inventory": smb_inventory, "runs": runs}
+    finally:
+        try:
+            unset = run_playbook(str(play), cluster["inventory"])
+            assert unset.rc == 0, unset.output[-3000:]
+            for name in NODES:
+                node_run(cluster, name, "test ! -e /etc/podmigrate/smb.json")
+        finally:
+            server.stop()
+    assert server.gone()
+
+
+def test_the_nodes_are_configured_for_the_smb_share_without_showing_its_password(cluster, smb):
+    first, again = smb["runs"]
+    assert first.rc == 0, first.output[-5000:]
+    assert again.rc == 0 and again.changed() == 0, again.output[-3000:]
+    for run in smb["runs"]:
+        assert smb["server"].password not in run.output
+    for name in NODES:
+        assert node_run(cluster, name, "stat -c '%a %U' /etc/podmigrate/smb.json").split() == ["600", "root"]
+
+
+def test_the_share_transfer_moves_it_through_a_real_smb_share(api, cluster, counter, smb):
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    before = int(ask(cluster, counter["url"]))
+    checksum = ask(cluster, counter["checksum"])
+    used = (smb["server"].share_dir / "podmigrate").stat().st_mtime_ns
+    # the inventory names an SMB share: migrate.yml sends the share transfer through it
+    run = run_playbook("migrate.yml", smb["inventory"],
+                       extra_vars={"pod": "default/counter", "target": target, "transfer": "share"})
+    assert run.rc == 0, run.output[-5000:]
+    assert smb["server"].password not in run.output
+    assert current(api, "counter").spec.node_name == target
+    assert int(ask(cluster, counter["url"])) > before
+    assert ask(cluster, counter["checksum"]) == checksum
+    report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
+    assert (report["result"], report["transfer"], report["share"]) == ("migrated", "share", "smb")
+    entry = report["containers"]["counter"]
+    assert entry["sent_bytes"] == entry["checkpoint_bytes"] > MEMORY_MIB << 20 and len(entry["sha256"]) == 64
+    # the archive went through the Samba server, which holds nothing of it afterwards
+    assert (smb["server"].share_dir / "podmigrate").stat().st_mtime_ns != used
+    assert list((smb["server"].share_dir / "podmigrate").iterdir()) == []
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_a_node_without_the_smb_settings_is_refused_before_anything_changes(api, cluster, counter, smb):
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    node_run(cluster, target, "mv /etc/podmigrate/smb.json /etc/podmigrate/smb.json.away")
+    try:
+        run = run_playbook("migrate.yml", smb["inventory"],
+                           extra_vars={"pod": "default/counter", "target": target, "transfer": "share"})
+    finally:
+        node_run(cluster, target, "mv /etc/podmigrate/smb.json.away /etc/podmigrate/smb.json")
+    assert run.rc != 0
+    assert f"refused, nothing changed: node {target} cannot use the SMB share" in run.output, run.output[-3000:]
+    assert "no SMB share is configured on this node" in run.output
+    still = current(api, "counter")
+    assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
+    assert list((smb["server"].share_dir / "podmigrate").iterdir()) == []
 
 
 def test_two_containers_sharing_an_empty_dir_move_together_with_its_content(api, cluster):

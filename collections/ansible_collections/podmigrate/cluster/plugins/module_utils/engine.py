@@ -13,7 +13,9 @@ installs. Phases, in order (each timed, each reported as an Event on the pod):
               nothing the source acknowledges after its checkpoint can be lost
   checkpoint  the kubelet checkpoint API, through the API server's node proxy
   transfer    direct: source -> target over SSH, zstd, sha256 checked, retried;
-              share: through a directory both nodes mount
+              share: through a directory both nodes mount, or an SMB share (Azure
+              Files) the node helper reaches with an SMB client library: uploaded,
+              read back from the share, then downloaded, size and sha256 checked
   import      a checkpoint image per container in the target's containerd
   restore     the restored pod on the target (labels kept, checkpoint images)
   verify      Running, every container restored by CRI (not started afresh), Ready
@@ -43,6 +45,7 @@ MIGRATIONS = "/var/lib/podmigrate/migrations"
 AUTHORIZED_KEYS = "/etc/podmigrate/authorized_keys"
 CHECKPOINT_REPOSITORY = "localhost/podmigrate-checkpoint"
 TRANSFERS = ("direct", "share")
+SHARES = ("dir", "smb")  # what the share transfer goes through
 # the name the pod's emptyDir volumes travel under (no container has a dot in its name)
 VOLUMES = "volumes.emptydir"
 
@@ -100,7 +103,7 @@ class Node:
 
 class Migration:
     def __init__(self, api_client, nodes, namespace, name, target=None, transfer="direct",
-                 share_dir="/var/lib/podmigrate/share", report_dir=None, progress=None,
+                 share_dir="/var/lib/podmigrate/share", share="dir", report_dir=None, progress=None,
                  helper_digest=None, timeout=600):
         from kubernetes import client  # imported here: the pure parts need no client
 
@@ -111,6 +114,7 @@ class Migration:
         self.namespace, self.name, self.target_name = namespace, name, target
         self.transfer = transfer
         self.share_dir = share_dir
+        self.smb = transfer == "share" and share == "smb"
         self.report_dir = report_dir
         self.progress = progress or (lambda msg: None)
         self.helper_digest = helper_digest
@@ -118,6 +122,7 @@ class Migration:
         self.id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
         self.directory = f"{MIGRATIONS}/{self.id}"  # on both nodes
         self.report = {"id": self.id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
+                       **({"share": share} if transfer == "share" else {}),
                        "containers": {}, "result": "running"}
         self.undo = []
         self.pod = self.source = self.target = None
@@ -200,6 +205,8 @@ class Migration:
             source, target = (pod.get("spec") or {}).get("nodeName"), None
         if self.transfer not in TRANSFERS:
             problems.append(f"transfer {self.transfer!r} is not one of {', '.join(TRANSFERS)}")
+        if self.transfer == "share" and self.report["share"] not in SHARES:
+            problems.append(f"share {self.report['share']!r} is not one of {', '.join(SHARES)}")
         for role, name in (("source", source), ("target", target)):
             if name and name not in self.nodes:
                 problems.append(f"{role} node {name} is not in the inventory: no way to reach it over SSH")
@@ -215,6 +222,14 @@ class Migration:
             if self.helper_digest and digest != self.helper_digest:
                 raise migration.MigrationError([f"node {node.name}: the podmigrate-node helper is missing or stale "
                                                 "(run site.yml, or playbooks/nodes.yml, again)"])
+        if self.smb:
+            for node in (self.source, self.target):
+                try:
+                    node.helper("smb-check")
+                except NodeError as exc:
+                    problems.append(f"node {node.name} cannot use the SMB share: {exc}")
+            if problems:
+                raise migration.MigrationError(problems)
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
@@ -244,6 +259,12 @@ class Migration:
             self.source.run(f"umask 077; cat > {directory}/key", stdin=private.encode())
             self.source.run(f"umask 077; cat > {directory}/known_hosts",
                             stdin=f"{self.target_ip} {host_key[0]} {host_key[1]}\n".encode())
+        elif self.smb:
+            # the target must read what the source writes to the share, checked as a checkpoint is
+            self.undo.append(("remove the share's files", lambda: self.source.helper("smb-rm", self.id, check=False)))
+            probe = f"{directory}/probe"
+            self.source.run(f"echo {self.id} > {probe}")
+            self.share_copy(probe, "probe", probe)
         else:
             # the target must see what the source writes: a directory of the same name on
             # each node is not yet a share
@@ -320,6 +341,9 @@ class Migration:
                     "--known-hosts", f"{directory}/known_hosts", "--migration", self.id,
                     "--name", container, timeout=self.timeout).strip().splitlines()[-1])
                 self.received[container] = (f"{directory}/{container}.part", sent["sha256"])
+            elif self.smb:
+                sent = self.share_copy(archive, f"{container}.tar", f"{directory}/{container}.tar")
+                self.received[container] = (f"{directory}/{container}.tar", sent["sha256"])
             else:
                 sent = json.loads(self.source.run(
                     f"set -e; f={shlex.quote(self.share)}/{container}.tar; cp {shlex.quote(archive)} $f.part; "
@@ -330,6 +354,15 @@ class Migration:
                 self.received[container] = (f"{self.share}/{container}.tar", sent["sha256"])
             entry = self.report["volumes"] if container == VOLUMES else self.report["containers"][container]
             entry.update(sha256=sent["sha256"], sent_bytes=sent["wire_bytes"], attempts=sent.get("attempts", 1))
+
+    def share_copy(self, path, name, dest):
+        """The source's file ``path`` to the target's ``dest`` through the SMB share: uploaded,
+        read back there, and taken only whole, its size and sha256 as sent."""
+        remote = f"{self.id}/{name}"
+        sent = json.loads(self.source.helper("smb-put", path, remote, timeout=self.timeout).strip().splitlines()[-1])
+        self.target.helper("smb-get", remote, dest, "--sha256", sent["sha256"], "--size", sent["bytes"],
+                           timeout=self.timeout)
+        return sent
 
     def import_images(self):
         self.images = {}

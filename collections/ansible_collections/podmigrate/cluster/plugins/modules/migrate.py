@@ -28,8 +28,21 @@ options:
     type: str
     choices: [direct, share]
     default: direct
+  share:
+    description:
+      - For C(transfer=share), what the checkpoints go through.
+      - C(dir) is I(share_dir), a directory every node mounts.
+      - C(smb) is the SMB share (Azure Files, Samba) each node's helper reaches with the
+        smbprotocol library, as configured on the node by the migration_node role
+        (C(migration_node_smb_server)). The source uploads each archive and reads it back
+        from the share; the target takes it only when it is there whole, with the size and
+        sha256 sent, and checks both again after its download, before any restore starts.
+        Both nodes are checked to reach the share before anything changes.
+    type: str
+    choices: [dir, smb]
+    default: dir
   share_dir:
-    description: For C(transfer=share), the directory every node mounts.
+    description: For C(transfer=share) and C(share=dir), the directory every node mounts.
     type: str
     default: /var/lib/podmigrate/share
   nodes:
@@ -97,6 +110,7 @@ def main():
             "pod": {"type": "str", "required": True},
             "target": {"type": "str"},
             "transfer": {"type": "str", "choices": list(engine.TRANSFERS), "default": "direct"},
+            "share": {"type": "str", "choices": list(engine.SHARES), "default": "dir"},
             "share_dir": {"type": "str", "default": "/var/lib/podmigrate/share"},
             "nodes": {"type": "dict", "required": True},
             "kubeconfig": {"type": "path", "required": True},
@@ -131,8 +145,8 @@ def main():
         api = config.new_client_from_config(config_file=p["kubeconfig"])
         engine_class = seedfork.migration_class(p["profile"])
         job = engine_class(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
-                           share_dir=p["share_dir"], report_dir=p["report_dir"], progress=progress,
-                           helper_digest=helper_digest, timeout=p["timeout"])
+                           share_dir=p["share_dir"], share=p["share"], report_dir=p["report_dir"],
+                           progress=progress, helper_digest=helper_digest, timeout=p["timeout"])
         report = job.run()
     except migration.MigrationError as exc:
         module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,
