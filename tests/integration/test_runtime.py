@@ -13,8 +13,9 @@ pytestmark = pytest.mark.nodes
 
 IMAGE = "localhost/podmigrate/busybox:test"
 NS = "pmtest"
-# An in-memory counter: the shell variable only lives in the process; the file is a window on it.
-LOOP = "i=0; while true; do i=$((i+1)); echo $i > /count; sleep 0.1; done"
+# An in-memory counter: the shell variable only lives in the process; the file is a window on it,
+# written aside and renamed over /count so a reader never sees it half-written.
+LOOP = "i=0; while true; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; sleep 0.1; done"
 
 
 def node(cluster):
@@ -36,7 +37,7 @@ def count(cluster, container):
 def busybox_image(cluster, tmp_path_factory):
     """A static busybox image written by the project's OCI writer, imported over SSH."""
     path = tmp_path_factory.mktemp("image") / "busybox.tar"
-    write_busybox_image(path, IMAGE, ("sh", "cat", "sleep"))
+    write_busybox_image(path, IMAGE, ("sh", "cat", "sleep", "mv"))
     state, addr = node(cluster)
     scp(state, path, addr, "/tmp/busybox.tar")
     out = run(cluster, f"ctr -n {NS} images import /tmp/busybox.tar && ctr -n {NS} images ls -q")
