@@ -43,9 +43,7 @@ def busybox_image(cluster, tmp_path_factory):
     out = run(cluster, f"ctr -n {NS} images import /tmp/busybox.tar && ctr -n {NS} images ls -q")
     assert IMAGE in out.split()
     yield IMAGE
-    run(cluster, f"for c in $(ctr -n {NS} c ls -q); do ctr -n {NS} t kill -s KILL $c; sleep 0.2; "
-                 f"ctr -n {NS} t rm -f $c; ctr -n {NS} c rm $c; done; "
-                 f"for i in $(ctr -n {NS} images ls -q); do ctr -n {NS} images rm $i; done; "
+    run(cluster, f"for i in $(ctr -n {NS} images ls -q); do ctr -n {NS} images rm $i; done; "
                  f"ctr namespaces rm {NS} || true; rm -f /tmp/busybox.tar")
 
 
@@ -57,16 +55,29 @@ def test_the_node_roles_installed_what_checkpointing_needs(cluster):
     assert "tcp-close" in out
 
 
-def test_a_checkpointed_process_goes_on_counting_after_restore(cluster, busybox_image):
+def remove(cluster, container):
+    run(cluster, f"ctr -n {NS} tasks kill -s KILL {container}; sleep 0.5; ctr -n {NS} tasks rm -f {container}; "
+                 f"ctr -n {NS} containers rm {container}")
+
+
+@pytest.fixture
+def checkpoint(cluster, busybox_image):
+    """The counter's checkpoint image; the test's containers and the image are removed after it."""
+    yield "localhost/podmigrate/ckpt:counter"
+    for container in run(cluster, f"ctr -n {NS} containers ls -q").split():
+        remove(cluster, container)
+    run(cluster, f"ctr -n {NS} images rm localhost/podmigrate/ckpt:counter || true")
+
+
+def test_a_checkpointed_process_goes_on_counting_after_restore(cluster, busybox_image, checkpoint):
     run(cluster, f"ctr -n {NS} run -d {busybox_image} counter /bin/sh -c '{LOOP}'")
     time.sleep(3)
     before = count(cluster, "counter")
     assert before >= 10
-    run(cluster, f"ctr -n {NS} containers checkpoint --rw --task counter localhost/podmigrate/ckpt:counter")
+    run(cluster, f"ctr -n {NS} containers checkpoint --rw --task counter {checkpoint}")
     # The source is gone before the restore: what comes back can only be the checkpoint.
-    run(cluster, f"ctr -n {NS} tasks kill -s KILL counter; sleep 0.5; ctr -n {NS} tasks rm -f counter; "
-                 f"ctr -n {NS} containers rm counter")
-    run(cluster, f"ctr -n {NS} containers restore --rw --live counter2 localhost/podmigrate/ckpt:counter")
+    remove(cluster, "counter")
+    run(cluster, f"ctr -n {NS} containers restore --rw --live counter2 {checkpoint}")
     after = count(cluster, "counter2")
     # A fresh start would count from 1; the restored process continues from its memory.
     assert after > before, (before, after)
