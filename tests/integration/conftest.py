@@ -21,6 +21,7 @@ from integration.nodes import (
     can_connect,
     host_cgroup_mounts,
     link_exists,
+    our_cgroups,
     our_mounts,
     our_processes,
     write_inventory,
@@ -86,8 +87,9 @@ def cluster(tmp_path_factory):
 
 
 def assert_nothing_left(state: Path):
-    """Teardown leaves no process, mount, bridge, veth or file of ours."""
+    """Teardown leaves no process, mount, cgroup, bridge, veth or file of ours."""
     assert our_processes(state) == []
+    assert our_cgroups(NODES) == []
     assert our_mounts(state) == []
     assert not link_exists(BRIDGE)
     assert not any(link_exists(f"vb-{name}") for name in NODES)

@@ -136,6 +136,25 @@ def test_a_service_ip_reaches_its_pod_on_the_other_worker(api, web):
     assert page == web[WORKERS[-1]].metadata.name
 
 
+def test_no_kubelet_removes_the_cgroups_of_another_nodes_pod(api, cluster, web):
+    # Each kubelet removes the pod cgroups it does not know (its orphan cleanup, every 2 s).
+    # Nodes sharing one cgroup tree removed each other's empty container cgroups: a
+    # container being restored lost its cgroup before runc could join it. An empty cgroup
+    # inside a running pod's, as runc makes for a new container, must stay.
+    name = WORKERS[0]
+    uid = web[name].metadata.uid
+    pod_dir = node_run(cluster, name, f"find /sys/fs/cgroup/devices/kubepods -maxdepth 2 -name pod{uid}").strip()
+    assert pod_dir, f"no devices cgroup of pod {uid} on {name}"
+    probe = f"{pod_dir}/pmt-probe"
+    node_run(cluster, name, f"mkdir {probe}")
+    try:
+        time.sleep(10)  # several rounds of every kubelet's cleanup
+        assert node_run(cluster, name, f"test -d {probe} && echo kept").strip() == "kept", \
+            f"{probe} was removed by a kubelet that does not own the pod"
+    finally:
+        node_run(cluster, name, f"rmdir {probe} 2>/dev/null || true")
+
+
 def kubelet_post(address, path, cert=None):
     """POST to a kubelet's API over TLS, optionally with a client certificate (cert, key)."""
     context = ssl.create_default_context()

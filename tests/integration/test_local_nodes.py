@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import subprocess
 import tempfile
@@ -16,6 +17,7 @@ from integration.nodes import (
     NODES,
     SUBNET,
     can_connect,
+    host_cgroup_dirs,
     host_cgroup_mounts,
     link_exists,
     ssh,
@@ -65,6 +67,20 @@ def test_cgroup_hierarchies_are_writable_inside_the_nodes_and_the_hosts_are_unto
     assert all(r[1].startswith("rw,") for r in rows), rows
     assert res.stdout.strip().endswith("created")
     assert host_cgroup_mounts() == cluster["cgroups_before"]
+
+
+def test_each_node_has_a_cgroup_tree_of_its_own(cluster):
+    # As a VM: a cgroup made in one node is neither at the host's root nor seen by another node.
+    made = ssh(cluster["state"], NODES["pmt-w1"][0], "mkdir /sys/fs/cgroup/devices/pmt-own && echo made")
+    try:
+        assert made.stdout.strip() == "made", made.stderr
+        other = ssh(cluster["state"], NODES["pmt-w2"][0], "ls /sys/fs/cgroup/devices/")
+        assert "pmt-own" not in other.stdout.split()
+        devices = next(d for d in host_cgroup_dirs() if d.startswith("/sys/fs/cgroup/devices"))
+        assert not os.path.exists(f"{devices}/pmt-own")
+        assert os.path.isdir(f"{devices}/podmigrate-pmt-w1/pmt-own")
+    finally:
+        ssh(cluster["state"], NODES["pmt-w1"][0], "rmdir /sys/fs/cgroup/devices/pmt-own")
 
 
 def test_host_wide_kernel_settings_are_shadowed_inside_the_nodes(cluster):

@@ -162,3 +162,91 @@ def test_a_daemon_pid_file_does_not_claim_a_process_with_another_command_line(tm
 def test_a_daemon_that_exits_at_once_is_reported_with_its_log(tmp_path):
     with pytest.raises(ln.NodeError, match=r"(?s)did not start \(exit 3\).*cannot bind"):
         ln.Daemon(str(tmp_path / "d.pid"), ["sh", "-c", "echo cannot bind >&2; sleep 0.05; exit 3"]).start()
+
+
+# /proc/self/mountinfo and /proc/self/cgroup as read on this kind of host (cgroup v1, hybrid).
+HOST_MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 23 0:40 / /mnt/elsewhere rw,relatime - cgroup cgroup rw,pids
+"""
+HOST_CGROUP = """\
+9:name=systemd:/
+5:devices:/
+4:memory:/process_api/7100
+3:cpuset:/
+1:cpu:/
+8:pids:/
+0::/
+"""
+
+
+def test_a_nodes_cgroups_are_children_of_ours_in_every_hierarchy_under_sys_fs_cgroup():
+    base = ln.cgroup_dirs(HOST_MOUNTINFO, HOST_CGROUP)
+    assert base == sorted(["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/memory/process_api/7100",
+                           "/sys/fs/cgroup/devices", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"])
+    assert ln.node_cgroups("w1", base)[0] == "/sys/fs/cgroup/cpu/podmigrate-w1"
+
+
+def test_cgroup_dirs_follow_a_mount_of_a_subtree_and_joined_controllers():
+    # as inside a node: memory mounted at our own cgroup; cpu and cpuacct in one hierarchy
+    mountinfo = ("1 0 0:1 /process_api/7100 /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+                 "2 0 0:2 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpuacct,cpu\n"
+                 "3 0 0:3 /other /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n")
+    cgroup = "4:memory:/process_api/7100/sub\n1:cpu,cpuacct:/a\n8:pids:/\n"
+    assert ln.cgroup_dirs(mountinfo, cgroup) == ["/sys/fs/cgroup/cpu,cpuacct/a", "/sys/fs/cgroup/memory/sub"]
+
+
+def test_on_a_cgroup_v2_host_the_node_cgroup_is_a_child_of_ours_in_the_one_hierarchy():
+    mountinfo = "30 23 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert ln.cgroup_dirs(mountinfo, "0::/user.slice/session-1.scope\n") == [
+        "/sys/fs/cgroup/user.slice/session-1.scope"]
+
+
+def test_a_new_cpuset_gets_its_parents_cpus_and_memory_nodes(tmp_path):
+    (tmp_path / "cpuset.cpus").write_text("0-1\n")
+    (tmp_path / "cpuset.mems").write_text("0\n")
+    child = tmp_path / "podmigrate-w1"
+    child.mkdir()  # the kernel makes a new cpuset's files, empty
+    (child / "cpuset.cpus").write_text("")
+    (child / "cpuset.mems").write_text("")
+    ln.make_cgroups([str(child), str(tmp_path / "podmigrate-w2")])
+    assert (child / "cpuset.cpus").read_text() == "0-1\n" and (child / "cpuset.mems").read_text() == "0\n"
+    assert (tmp_path / "podmigrate-w2").is_dir()
+
+
+def test_removing_a_nodes_cgroups_takes_the_deepest_first_and_names_one_that_stays(tmp_path):
+    (tmp_path / "n1" / "kubepods" / "burstable" / "pod1").mkdir(parents=True)
+    ln.remove_cgroups([str(tmp_path / "n1")])
+    assert not (tmp_path / "n1").exists()
+    (tmp_path / "n2" / "busy").mkdir(parents=True)
+    (tmp_path / "n2" / "busy" / "f").write_text("")  # rmdir fails, as on a cgroup with processes
+    with pytest.raises(ln.NodeError, match="n2/busy"):
+        ln.remove_cgroups([str(tmp_path / "n2")], timeout=0.5)
+
+
+def test_a_process_started_with_the_joiner_runs_in_the_nodes_cgroups_on_this_host():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it makes cgroups")
+    with open("/proc/self/mountinfo") as m, open("/proc/self/cgroup") as c:
+        base = ln.cgroup_dirs(m.read(), c.read())
+    assert base and all(os.path.isdir(d) for d in base)
+    dirs = ln.node_cgroups(f"unit{os.getpid()}", base)
+    ln.make_cgroups(dirs)
+    try:
+        proc = subprocess.Popen(["sleep", "30"], preexec_fn=ln.joiner(dirs))
+        try:
+            with open(f"/proc/{proc.pid}/cgroup") as f:
+                paths = [line.split(":", 2)[2] for line in f.read().splitlines()]
+            assert len(paths) == len(dirs) and all(p.endswith(f"/podmigrate-unit{os.getpid()}") for p in paths), paths
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        ln.remove_cgroups(dirs)
+    assert not any(os.path.exists(d) for d in dirs)

@@ -127,6 +127,102 @@ def children(pid):
     return [int(p) for p in raw.split()] if raw else []
 
 
+# -- each node's own cgroups -------------------------------------------------
+# systemd-nspawn gives a node a cgroup namespace rooted where nspawn itself runs, and
+# on this host's cgroup v1 hierarchies that is their root: without a tree of its own,
+# every node's kubelet would manage one shared /kubepods, and each kubelet removes the
+# pod cgroups it does not know (its orphan cleanup), empty container cgroups of other
+# nodes' pods included -- a container being restored loses its cgroup before runc can
+# join it ("openat2 .../cgroup.procs: no such file or directory"). A VM has a cgroup
+# root of its own; so does a local node: nspawn starts inside ``podmigrate-<name>``, a
+# child of our own cgroup in every hierarchy.
+CGROUP_MOUNTS = "/sys/fs/cgroup"
+
+
+def cgroup_dirs(mountinfo, proc_cgroup):
+    """The directory of a process's cgroup in each hierarchy mounted under /sys/fs/cgroup,
+    from the text of its /proc/PID/mountinfo and /proc/PID/cgroup."""
+    mounts = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5 or os.path.commonpath([fields[4], CGROUP_MOUNTS]) != CGROUP_MOUNTS:
+            continue
+        fstype, _source, superopts = line.split(" - ", 1)[1].split()[:3]
+        if fstype == "cgroup2":
+            key = ""
+        elif fstype == "cgroup":
+            key = ",".join(sorted(o for o in superopts.split(",") if o not in ("rw", "ro")))
+        else:
+            continue
+        mounts.setdefault(key, (fields[3], fields[4]))
+    dirs = []
+    for line in proc_cgroup.splitlines():
+        _hid, controllers, path = line.split(":", 2)
+        key = ",".join(sorted(c for c in controllers.split(",") if c))
+        # a v1 mount lists every option of its hierarchy; its controllers are among them
+        found = mounts.get(key) or next((m for k, m in mounts.items()
+                                         if key and set(key.split(",")) <= set(k.split(","))), None)
+        if found is None:
+            continue
+        root, mountpoint = found
+        if root != "/" and path != root and not path.startswith(root + "/"):
+            continue  # this process's cgroup is outside what the mount shows
+        rel = path[len(root):] if root != "/" else path
+        dirs.append(os.path.normpath(mountpoint + "/" + rel.lstrip("/")))
+    return sorted(set(dirs))
+
+
+def node_cgroups(name, base_dirs):
+    """The cgroup directories node ``name`` runs in, one per hierarchy."""
+    return [os.path.join(d, f"podmigrate-{name}") for d in base_dirs]
+
+
+def make_cgroups(dirs):
+    """Create the cgroups ``dirs`` (their parents exist); a new cpuset gets its parent's
+    CPUs and memory nodes, without which no process may join it."""
+    for path in dirs:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            mine = os.path.join(path, knob)
+            if os.path.exists(mine) and not (_read(mine) or b"").strip():
+                with open(mine, "wb") as f:
+                    f.write(_read(os.path.join(os.path.dirname(path), knob)) or b"")
+
+
+def joiner(dirs):
+    """A ``preexec_fn``: the new process joins the cgroups ``dirs`` before it execs."""
+    def join():
+        for path in dirs:
+            fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY)
+            try:
+                os.write(fd, b"0")  # 0: the writing process itself
+            finally:
+                os.close(fd)
+    return join
+
+
+def remove_cgroups(dirs, timeout=15):
+    """Remove the cgroup trees ``dirs``, deepest first; their processes are ending, so
+    a busy cgroup is tried again until ``timeout``. Raises NodeError if one stays."""
+    deadline = time.monotonic() + timeout
+    for top in dirs:
+        while os.path.isdir(top):
+            busy = []
+            for path, _subdirs, _files in os.walk(top, topdown=False):
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    busy.append(f"{path}: {exc.strerror}")
+            if not busy:
+                break
+            if time.monotonic() > deadline:
+                raise NodeError("cgroups still in use after the node stopped: " + "; ".join(busy[:3]))
+            time.sleep(0.2)
+
+
 class Node:
     """One local node: its directory holds ``rootfs/``, ``nspawn.pid``, ``console.log``."""
 
@@ -138,6 +234,8 @@ class Node:
         self.bridge = bridge
         self.pidfile = os.path.join(self.dir, "nspawn.pid")
         self.logfile = os.path.join(self.dir, "console.log")
+        # the cgroups it was started in, for stop() to remove
+        self.cgroupfile = os.path.join(self.dir, "cgroups.json")
 
     # -- process --------------------------------------------------------
     def pid(self):
@@ -182,8 +280,12 @@ class Node:
             return False
         if not os.path.isfile(os.path.join(self.root, "etc", "os-release")):
             raise NodeError(f"node {self.name}: no root filesystem at {self.root}")
+        cgroups = node_cgroups(self.name, cgroup_dirs(_read("/proc/self/mountinfo").decode(),
+                                                      _read("/proc/self/cgroup").decode()))
+        write_json(self.cgroupfile, cgroups)
+        make_cgroups(cgroups)
         proc = spawn_detached(nspawn_argv(self.name, self.root, self.bridge, self.binds), self.pidfile, self.logfile,
-                              nspawn_env())
+                              nspawn_env(), preexec_fn=joiner(cgroups))
         self.wait_booted(timeout, proc)
         return True
 
@@ -206,8 +308,14 @@ class Node:
         )
 
     def stop(self, timeout=60):
-        """Power the node off (SIGTERM makes nspawn ask systemd to shut down)."""
-        return terminate(self.pid, timeout)
+        """Power the node off (SIGTERM makes nspawn ask systemd to shut down) and remove
+        its cgroups."""
+        stopped = terminate(self.pid, timeout)
+        raw = _read(self.cgroupfile)
+        if raw is not None:
+            remove_cgroups(json.loads(raw))
+            os.unlink(self.cgroupfile)
+        return stopped
 
     def log_tail(self, lines=20):
         raw = _read(self.logfile) or b""
@@ -234,17 +342,22 @@ def read_pidfile(path):
         return None, None
 
 
-def spawn_detached(argv, pidfile, logfile, env=None):
+def spawn_detached(argv, pidfile, logfile, env=None, preexec_fn=None):
     """Start ``argv`` in a session of its own, stdio on ``logfile``, so it outlives us."""
     with open(logfile, "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True, close_fds=True,
+            env=env, start_new_session=True, close_fds=True, preexec_fn=preexec_fn,
         )
-    with open(pidfile + ".tmp", "w") as f:
-        json.dump({"pid": proc.pid, "argv": list(argv)}, f)
-    os.replace(pidfile + ".tmp", pidfile)
+    write_json(pidfile, {"pid": proc.pid, "argv": list(argv)})
     return proc
+
+
+def write_json(path, value):
+    """Write ``value`` to ``path`` as JSON, replacing it whole."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
 
 
 def terminate(pid_of, timeout):

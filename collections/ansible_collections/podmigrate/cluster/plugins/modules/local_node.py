@@ -12,6 +12,9 @@ description:
     machine with systemd as PID 1 and its network on a host bridge, detached from
     Ansible so that it outlives the playbook like a VM.
   - Waits until the node's systemd reports C(running) or C(degraded).
+  - Each node runs in cgroups of its own (C(podmigrate-<name>) under this process's
+    cgroup in every hierarchy), as a VM has a cgroup root of its own; stopping
+    removes them.
   - Stopping powers the node off (systemd inside shuts down cleanly).
 version_added: "0.1.0"
 author: podmigrate contributors
@@ -70,6 +73,8 @@ system_state:
   type: str
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podmigrate.cluster.plugins.module_utils.localnodes import Node, NodeError
 
@@ -91,7 +96,8 @@ def main():
     node = Node(p["name"], p["node_dir"], p["bridge"], p["binds"])
     running = node.pid() is not None
     want = p["state"] == "started"
-    changed = running != want
+    # a node that stopped by itself may have left its cgroups; stopping removes them
+    changed = running != want or (not want and os.path.exists(node.cgroupfile))
     before = "running" if running else "stopped"
     diff = {"before": {"state": before}, "after": {"state": p["state"] if changed else before}}
     if changed and not module.check_mode:
