@@ -52,7 +52,7 @@ def test_the_node_roles_installed_what_checkpointing_needs(cluster):
     assert "Looks good." in out
     version = out.split("containerd ")[1].split()[1].lstrip("v")
     assert tuple(int(x) for x in version.split(".")[:2]) >= (2, 1), out
-    assert "tcp-close" in out
+    assert "tcp-close" in out and "skip-in-flight" in out
 
 
 def remove(cluster, container):
