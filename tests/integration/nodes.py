@@ -134,14 +134,10 @@ def host_cgroup_mounts() -> list[str]:
                   if line.split()[2] in ("cgroup", "cgroup2") or line.split()[1] == "/sys/fs/cgroup")
 
 
-def host_cgroup_dirs() -> list[str]:
-    """This process's cgroup in each hierarchy: where the nodes' own cgroups are made."""
-    return localnodes.cgroup_dirs(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
-
-
 def our_cgroups(names) -> list[str]:
     """The cgroups of the nodes ``names`` that exist on this host."""
-    return [d for name in names for d in localnodes.node_cgroups(name, host_cgroup_dirs()) if os.path.exists(d)]
+    base = localnodes.own_cgroup_dirs()
+    return [d for name in names for d in localnodes.node_cgroups(name, base) if os.path.exists(d)]
 
 
 def can_connect(host: str, port: int) -> bool:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from ansible_collections.podmigrate.cluster.plugins.module_utils import localnodes
 from helpers import ROOT, run_playbook
 
 from integration.nodes import (
@@ -17,7 +18,6 @@ from integration.nodes import (
     NODES,
     SUBNET,
     can_connect,
-    host_cgroup_dirs,
     host_cgroup_mounts,
     link_exists,
     ssh,
@@ -76,7 +76,7 @@ def test_each_node_has_a_cgroup_tree_of_its_own(cluster):
         assert made.stdout.strip() == "made", made.stderr
         other = ssh(cluster["state"], NODES["pmt-w2"][0], "ls /sys/fs/cgroup/devices/")
         assert "pmt-own" not in other.stdout.split()
-        devices = next(d for d in host_cgroup_dirs() if d.startswith("/sys/fs/cgroup/devices"))
+        devices = next(d for d in localnodes.own_cgroup_dirs() if d.startswith("/sys/fs/cgroup/devices"))
         assert not os.path.exists(f"{devices}/pmt-own")
         assert os.path.isdir(f"{devices}/podmigrate-pmt-w1/pmt-own")
     finally:

@@ -172,6 +172,11 @@ def cgroup_dirs(mountinfo, proc_cgroup):
     return sorted(set(dirs))
 
 
+def own_cgroup_dirs():
+    """This process's cgroup directory in each hierarchy (``cgroup_dirs`` of itself)."""
+    return cgroup_dirs(_read("/proc/self/mountinfo").decode(), _read("/proc/self/cgroup").decode())
+
+
 def node_cgroups(name, base_dirs):
     """The cgroup directories node ``name`` runs in, one per hierarchy."""
     return [os.path.join(d, f"podmigrate-{name}") for d in base_dirs]
@@ -280,8 +285,7 @@ class Node:
             return False
         if not os.path.isfile(os.path.join(self.root, "etc", "os-release")):
             raise NodeError(f"node {self.name}: no root filesystem at {self.root}")
-        cgroups = node_cgroups(self.name, cgroup_dirs(_read("/proc/self/mountinfo").decode(),
-                                                      _read("/proc/self/cgroup").decode()))
+        cgroups = node_cgroups(self.name, own_cgroup_dirs())
         write_json(self.cgroupfile, cgroups)
         make_cgroups(cgroups)
         proc = spawn_detached(nspawn_argv(self.name, self.root, self.bridge, self.binds), self.pidfile, self.logfile,
