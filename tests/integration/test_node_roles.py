@@ -1,8 +1,26 @@
-"""testinfra checks of a node the node roles prepared (run by molecule's verify step)."""
+"""testinfra checks of what the node roles (kernel, containerd, criu, kubernetes, migration_node) left
+on every node of the session cluster.
+
+site.yml's first run is these roles' converge and `test_a_second_run_changes_nothing_and_leaves_nodes_running`
+their idempotence, so the checks run on the nodes the suite already has instead of on a node of their own.
+"""
 
 from __future__ import annotations
 
 import json
+
+import pytest
+import testinfra
+
+from integration.nodes import NODES
+
+pytestmark = pytest.mark.nodes
+
+
+@pytest.fixture(scope="module", params=sorted(NODES))
+def host(request, cluster):
+    """A node of the session cluster, reached over SSH with the inventory's key and known_hosts."""
+    return testinfra.get_host(f"ansible://{request.param}", ansible_inventory=str(cluster["inventory"]))
 
 
 def test_containerd_is_running_enabled_and_new_enough(host):
