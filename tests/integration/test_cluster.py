@@ -136,6 +136,14 @@ def test_a_service_ip_reaches_its_pod_on_the_other_worker(api, web):
     assert page == web[WORKERS[-1]].metadata.name
 
 
+def test_every_pod_has_mptcp_off_and_the_node_keeps_its_own_setting(api, cluster, web):
+    # CRIU cannot dump an MPTCP socket; the CNI tuning step turns MPTCP off in each pod's
+    # network namespace only, so programs that ask for it (Go >= 1.24) get plain TCP.
+    for name, pod in web.items():
+        assert pod_exec(api, pod.metadata.name, ["cat", "/proc/sys/net/mptcp/enabled"]).strip() == "0", name
+        assert node_run(cluster, name, "cat /proc/sys/net/mptcp/enabled").strip() == "1", name
+
+
 def test_no_kubelet_removes_the_cgroups_of_another_nodes_pod(api, cluster, web):
     # Each kubelet removes the pod cgroups it does not know (its orphan cleanup, every 2 s).
     # Nodes sharing one cgroup tree removed each other's empty container cgroups: a

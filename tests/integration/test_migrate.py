@@ -15,13 +15,14 @@ from helpers import ROOT, run_playbook
 from kubernetes import client, config
 from smbserver import SambaServer
 
-from integration.nodes import BRIDGE, NODES, node_run, scp, ssh_options, write_redis_image
+from integration.nodes import BRIDGE, NODES, node_run, scp, ssh_options, write_busybox_image, write_redis_image
 
 pytestmark = pytest.mark.nodes
 
 WORKERS = [name for name, (_, group) in NODES.items() if group == "workers"]
 CONTROL_PLANE = next(name for name, (_, group) in NODES.items() if group == "control_plane")
 IMAGE = "localhost/podmigrate/counter:1"
+BUSYBOX = "localhost/podmigrate/busybox:test"
 MEMORY_MIB = 32
 # A client on the control-plane node (neither source nor target) that asks the Service
 # for the next counter value every 20 ms until told to stop; one JSON line per answer.
@@ -445,10 +446,14 @@ def test_redis_keeps_every_key_without_a_persistence_file(api, cluster, tmp_path
 
 
 @pytest.fixture(scope="module")
-def refusals(api, cluster):
+def refusals(api, cluster, tmp_path_factory):
     """Pods that must not move, each for its own reason."""
     w1, w2 = WORKERS
     apps = client.AppsV1Api(api.api_client)
+    image = tmp_path_factory.mktemp("refusals") / "busybox.tar"
+    write_busybox_image(image, BUSYBOX, ("sh",))
+    scp(cluster["state"], image, NODES[w1][0], "/tmp/busybox.tar")
+    node_run(cluster, w1, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
     pods = {
         "done": counter_pod("done", w1, command=["/counter", "-v"], restart_policy="Never"),
         "hostnet": counter_pod("hostnet", w1, host_network=True),
@@ -457,6 +462,12 @@ def refusals(api, cluster):
             volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")]),
         "big": counter_pod("big", w1, requests={"cpu": "1", "memory": "64Mi"}),
         "filler": counter_pod("filler", w2, requests={"cpu": "1500m", "memory": "64Mi"}),
+        # MPTCP turned on again in the pod's network namespace by a privileged init container:
+        # the counter (Go's default listener) then holds an MPTCP socket, which CRIU cannot dump
+        "mptcp": counter_pod("mptcp", w1, init_containers=[client.V1Container(
+            name="mptcp-on", image=BUSYBOX, image_pull_policy="Never",
+            command=["/bin/sh", "-c", "echo 1 > /proc/sys/net/mptcp/enabled"],
+            security_context=client.V1SecurityContext(privileged=True))]),
     }
     pods["hostnet"].spec.containers[0].env.append(client.V1EnvVar(name="PORT", value="18080"))
     pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
@@ -469,7 +480,7 @@ def refusals(api, cluster):
         spec=client.V1ReplicaSetSpec(replicas=1, selector=selector, template=client.V1PodTemplateSpec(
             metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
     try:
-        for name in ("hostnet", "hostpath", "big", "filler"):
+        for name in ("hostnet", "hostpath", "big", "filler", "mptcp"):
             wait_ready(api, name)
         deadline = time.monotonic() + 60
         while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
@@ -495,6 +506,8 @@ def refusals(api, cluster):
     ("default/OWNED", "WORKER2", "is managed by ReplicaSet owned"),
     ("default/big", "WORKER2", "has no room"),
     ("default/big", None, "no node can take pod default/big"),
+    ("default/mptcp", "WORKER2", "container counter: process counter (pid 1 in the container"),
+    ("default/mptcp", "WORKER2", ":8080): CRIU cannot dump MPTCP. Let the program use plain TCP"),
 ])
 def test_bad_input_is_refused_before_anything_changes(api, cluster, refusals, pod, target, expected):
     pod = pod.replace("OWNED", refusals["owned"])

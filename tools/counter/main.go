@@ -16,7 +16,6 @@
 package main
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -124,11 +123,10 @@ func main() {
 
 	server := &http.Server{Handler: mux}
 	server.SetKeepAlivesEnabled(false)
-	// Go >= 1.24 listens with MPTCP by default, which CRIU cannot dump ("Unsupported
-	// proto 262"): a plain TCP listener keeps the program checkpointable.
-	var config net.ListenConfig
-	config.SetMultipathTCP(false)
-	listener, err := config.Listen(context.Background(), "tcp", fmt.Sprintf(":%d", port))
+	// Go's default listener, as any Go server has it: with Go >= 1.24 an MPTCP one where
+	// the network namespace allows MPTCP (CRIU cannot dump that). Clusters podmigrate
+	// builds turn MPTCP off in every pod (cluster_network_pod_sysctls), so this gets TCP.
+	listener, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

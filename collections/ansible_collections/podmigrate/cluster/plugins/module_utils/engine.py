@@ -7,7 +7,8 @@ Used by the ``podmigrate.cluster.migrate`` module (``migrate.yml``) and by
 and to the nodes over SSH, running the ``podmigrate-node`` helper the migration_node role
 installs. Phases, in order (each timed, each reported as an Event on the pod):
 
-  validate    every refusal, before anything changes (module_utils.migration.plan)
+  validate    every refusal, before anything changes (module_utils.migration.plan), and
+              what CRIU could not dump in the pod's processes (module_utils.preflight)
   prepare     migration directories, the one-time SSH key for the direct stream
   fence       new connections to the source pod refused, established ones drained:
               nothing the source acknowledges after its checkpoint can be lost
@@ -38,7 +39,7 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.podmigrate.cluster.plugins.module_utils import migration
+from ansible_collections.podmigrate.cluster.plugins.module_utils import migration, preflight
 
 HELPER = "/usr/local/libexec/podmigrate/podmigrate-node"
 MIGRATIONS = "/var/lib/podmigrate/migrations"
@@ -222,14 +223,16 @@ class Migration:
             if self.helper_digest and digest != self.helper_digest:
                 raise migration.MigrationError([f"node {node.name}: the podmigrate-node helper is missing or stale "
                                                 "(run site.yml, or playbooks/nodes.yml, again)"])
+        # what CRIU would refuse to dump, found before the fence (CRIU itself finds it only in the dump)
+        problems += preflight.problems(json.loads(self.source.helper("preflight", pod["metadata"]["uid"])))
         if self.smb:
             for node in (self.source, self.target):
                 try:
                     node.helper("smb-check")
                 except NodeError as exc:
                     problems.append(f"node {node.name} cannot use the SMB share: {exc}")
-            if problems:
-                raise migration.MigrationError(problems)
+        if problems:
+            raise migration.MigrationError(problems)
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
