@@ -8,17 +8,27 @@ their idempotence, so the checks run on the nodes the suite already has instead 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import testinfra
+from helpers import VENV_BIN
 
 from integration.nodes import NODES
 
 pytestmark = pytest.mark.nodes
 
 
+@pytest.fixture(scope="module")
+def ansible_on_path():
+    """testinfra reads the inventory with the ansible-inventory it finds on PATH: the project's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+        yield
+
+
 @pytest.fixture(scope="module", params=sorted(NODES))
-def host(request, cluster):
+def host(request, cluster, ansible_on_path):
     """A node of the session cluster, reached over SSH with the inventory's key and known_hosts."""
     return testinfra.get_host(f"ansible://{request.param}", ansible_inventory=str(cluster["inventory"]))
 
