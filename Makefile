@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
 PLAYBOOKS := site.yml teardown.yml $(wildcard playbooks/*.yml)
 
-.PHONY: setup demo test lint unit teardown status artifacts
+.PHONY: setup demo test test-cluster test-others lint unit teardown status artifacts
 
 setup:
 	scripts/setup
@@ -18,7 +18,17 @@ demo: setup artifacts
 	scripts/demo
 
 test: lint artifacts
-	pytest
+	$(MAKE) --no-print-directory -j2 --output-sync=line test-cluster test-others
+
+# Two pytest runs at once (both must pass). The integration tests share one cluster of
+# local nodes, on a bridge of its own, and run one after another; meanwhile the other
+# tests run: the Azure provider, the seed-fork molecule scenario (its node has a bridge
+# and state of its own) and the unit tests.
+test-cluster:
+	pytest tests/integration --ignore=tests/integration/test_molecule.py
+
+test-others:
+	pytest tests/azure tests/unit tests/integration/test_molecule.py
 
 lint: setup
 	yamllint --strict .
