@@ -17,14 +17,15 @@ demo: setup artifacts
 	$$(ls -d .podmigrate/cache/artifacts/kubernetes-v*/bin/kubectl | tail -n 1) --kubeconfig .podmigrate/kubeconfig get nodes -o wide
 	scripts/demo
 
-test: lint artifacts
+test: lint
 	$(MAKE) --no-print-directory -j2 --output-sync=line test-cluster test-others
 
-# Two pytest runs at once (both must pass). The integration tests share one cluster of
-# local nodes, on a bridge of its own, and run one after another; meanwhile the other
-# tests run: the Azure provider, the seed-fork molecule scenario (its node has a bridge
-# and state of its own) and the unit tests.
-test-cluster:
+# Two lines of work at once (both must pass). The integration tests need the artifacts and
+# share one cluster of local nodes, on a bridge of its own: they run one after another
+# once the artifacts are built. Meanwhile the tests that need neither run: the Azure
+# provider, the seed-fork molecule scenario (its node has a bridge and state of its own)
+# and the unit tests.
+test-cluster: artifacts
 	pytest tests/integration --ignore=tests/integration/test_molecule.py
 
 test-others:
