@@ -18,18 +18,19 @@ demo: setup artifacts
 	scripts/demo
 
 test: lint
-	$(MAKE) --no-print-directory -j2 --output-sync=line test-cluster test-others
+	$(MAKE) --no-print-directory -j2 test-cluster test-others
 
 # Two lines of work at once (both must pass). The integration tests need the artifacts and
 # share one cluster of local nodes, on a bridge of its own: they run one after another
 # once the artifacts are built. Meanwhile the tests that need neither run: the Azure
 # provider, the seed-fork molecule scenario (its node has a bridge and state of its own)
 # and the unit tests.
+# Each line's output is shown as it comes, whole lines only, each under its line's name.
 test-cluster: artifacts
-	pytest tests/integration --ignore=tests/integration/test_molecule.py
+	set -o pipefail; pytest tests/integration --ignore=tests/integration/test_molecule.py 2>&1 | sed -u 's/^/[cluster] /'
 
 test-others:
-	pytest tests/azure tests/unit tests/integration/test_molecule.py
+	set -o pipefail; pytest tests/azure tests/unit tests/integration/test_molecule.py 2>&1 | sed -u 's/^/[others] /'
 
 lint: setup
 	yamllint --strict .
