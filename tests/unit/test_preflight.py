@@ -3,6 +3,7 @@ would refuse in it (module_utils/preflight.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from test_node_helper import load_helper
 
 node = load_helper()
 
-# A process holding what CRIU dumps (TCP and UDP sockets, a unix socket pair, an eventfd,
+# A process holding what CRIU dumps (TCP and UDP sockets, unix sockets, one abstract, an eventfd,
 # /dev/null, a mapping of /dev/zero) and what it cannot (an MPTCP listener, an io_uring,
 # /dev/fuse open). Every socket is on loopback or unbound.
 HOLDER = r"""
@@ -21,7 +22,8 @@ keep = []
 mptcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
 mptcp.bind(("127.0.0.1", 0)); mptcp.listen()
 tcp = socket.socket(); tcp.bind(("127.0.0.1", 0)); tcp.listen()
-keep += [mptcp, tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM), *socket.socketpair()]
+abstract = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); abstract.bind(b"\0podmigrate-preflight")
+keep += [mptcp, tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM), *socket.socketpair(), abstract]
 keep.append(os.eventfd(0))
 ring = ctypes.CDLL(None, use_errno=True).syscall(425, 4, ctypes.create_string_buffer(120))
 assert ring >= 0, ctypes.get_errno()
@@ -52,8 +54,12 @@ def test_the_helper_sees_every_kind_of_socket_file_and_device_a_process_holds(ho
     assert {(2, 1, 262), (2, 1, 6), (2, 2, 17), (1, 1, 0)} <= kinds, kinds
     [mptcp] = [s for s in held["sockets"] if s["proto"] == 262]
     assert mptcp["local"] == ["127.0.0.1", port]
-    [pair] = [s for s in held["sockets"] if s["family"] == 1]
+    [pair] = [s for s in held["sockets"] if (s["family"], s["type"]) == (1, 1)]
     assert pair["count"] == 2
+    # bound to an abstract name, an address Python gives as bytes; the helper prints it as JSON
+    [abstract] = [s for s in held["sockets"] if (s["family"], s["type"]) == (1, 2)]
+    assert abstract["local"] == "@podmigrate-preflight"
+    json.dumps(held)
     anon = {a["kind"]: a["fd"] for a in held["anon"]}
     assert anon["[io_uring]"] == ring and "[eventfd]" in anon
     devices = {(d["path"], bool(d.get("mapped"))): tuple(d["rdev"]) for d in held["devices"]}
