@@ -114,12 +114,13 @@ def leftovers(cluster):
     found = {}
     for name in WORKERS:
         found[name] = node_run(cluster, name, (
-            "ls /var/lib/kubelet/checkpoints /var/lib/podmigrate/migrations; "
+            "ls /var/lib/podmigrate/migrations /run/podmigrate/restored; "
             "cat /etc/podmigrate/authorized_keys; iptables -S FORWARD | grep podmigrate; "
-            "ctr -n k8s.io images ls -q | grep podmigrate-checkpoint; "
-            # a checkpoint image's unpacked layer holds CRIU's memory pages
-            "find /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots "
-            "-path '*/fs/checkpoint/pages-*'; "
+            # nothing is left frozen
+            "grep -l FROZEN -r /sys/fs/cgroup/freezer --include=freezer.state; "
+            # no checkpoint went through the kubelet or a checkpoint image (CRIU's pages)
+            "ls /var/lib/kubelet/checkpoints 2>/dev/null; "
+            "find /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots -name 'pages-*.img'; "
             "true")).split()
     return {k: [w for w in v if not w.endswith(":")] for k, v in found.items()}
 
@@ -186,9 +187,12 @@ def test_the_counter_moves_with_its_memory_and_no_acknowledged_count_is_lost(api
     reports = sorted((cluster["state"] / "reports").glob("*.json"))
     report = json.loads(reports[-1].read_text())
     assert report["result"] == "migrated"
-    assert set(report["phases"]) == {"validate", "prepare", "fence", "checkpoint", "transfer", "import",
-                                     "restore", "verify", "commit"}
+    assert list(report["phases"]) == ["validate", "prepare", "fence", "freeze", "checkpoint", "transfer",
+                                      "restore", "verify", "commit"]
     assert report["containers"]["counter"]["checkpoint_bytes"] > MEMORY_MIB << 20
+    assert moved.spec.runtime_class_name == "podmigrate"
+    # the source's processes were killed while frozen, after the kubelet began to stop them
+    assert report["source_end"]["kubelet_signalled"] and report["source_end"]["killed"] >= 1
     events = [e.reason for e in api.list_namespaced_event("default").items
               if e.involved_object.name == "counter" and e.reason.startswith("Migration")]
     assert {"MigrationCheckpoint", "MigrationTransfer", "MigrationCommit"} <= set(events)
@@ -334,8 +338,8 @@ def test_the_share_transfer_moves_it_through_a_real_smb_share(api, cluster, coun
     assert ask(cluster, counter["checksum"]) == checksum
     report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
     assert (report["result"], report["transfer"], report["share"]) == ("migrated", "share", "smb")
-    entry = report["containers"]["counter"]
-    assert entry["sent_bytes"] == entry["checkpoint_bytes"] > MEMORY_MIB << 20 and len(entry["sha256"]) == 64
+    sent = report["transfer_detail"]
+    assert sent["sent_bytes"] == sent["bytes"] > MEMORY_MIB << 20 and len(sent["sha256"]) == 64
     # the archive went through the Samba server, which holds nothing of it afterwards
     assert (smb["server"].share_dir / "podmigrate").stat().st_mtime_ns != used
     assert list((smb["server"].share_dir / "podmigrate").iterdir()) == []
@@ -381,7 +385,7 @@ def test_two_containers_sharing_an_empty_dir_move_together_with_its_content(api,
         assert run.rc == 0, run.output[-5000:]
         moved = current(api, "pair")
         assert moved.spec.node_name == WORKERS[1]
-        assert [c.name for c in moved.spec.init_containers] == ["podmigrate-fill"]
+        assert moved.spec.init_containers is None and moved.spec.runtime_class_name == "podmigrate"
         ip = moved.status.pod_ip
         assert ask(cluster, f"http://{ip}:8081/read").split() == ["1", "2", "3"]
         assert ask(cluster, f"http://{ip}:8080/") == "4"
@@ -451,7 +455,7 @@ def refusals(api, cluster, tmp_path_factory):
     w1, w2 = WORKERS
     apps = client.AppsV1Api(api.api_client)
     image = tmp_path_factory.mktemp("refusals") / "busybox.tar"
-    write_busybox_image(image, BUSYBOX, ("sh",))
+    write_busybox_image(image, BUSYBOX, ("sh", "sleep"))
     scp(cluster["state"], image, NODES[w1][0], "/tmp/busybox.tar")
     node_run(cluster, w1, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
     pods = {
@@ -468,6 +472,10 @@ def refusals(api, cluster, tmp_path_factory):
             name="mptcp-on", image=BUSYBOX, image_pull_policy="Never",
             command=["/bin/sh", "-c", "echo 1 > /proc/sys/net/mptcp/enabled"],
             security_context=client.V1SecurityContext(privileged=True))]),
+        # its image is on the first worker only
+        "lonely": client.V1Pod(metadata=client.V1ObjectMeta(name="lonely"), spec=client.V1PodSpec(
+            node_name=w1, termination_grace_period_seconds=1, containers=[client.V1Container(
+                name="sleep", image=BUSYBOX, image_pull_policy="Never", command=["/bin/sleep", "3600"])])),
     }
     pods["hostnet"].spec.containers[0].env.append(client.V1EnvVar(name="PORT", value="18080"))
     pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
@@ -480,7 +488,7 @@ def refusals(api, cluster, tmp_path_factory):
         spec=client.V1ReplicaSetSpec(replicas=1, selector=selector, template=client.V1PodTemplateSpec(
             metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
     try:
-        for name in ("hostnet", "hostpath", "big", "filler", "mptcp"):
+        for name in ("hostnet", "hostpath", "big", "filler", "mptcp", "lonely"):
             wait_ready(api, name)
         deadline = time.monotonic() + 60
         while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
@@ -508,9 +516,11 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/big", None, "no node can take pod default/big"),
     ("default/mptcp", "WORKER2", "container counter: process counter (pid 1 in the container"),
     ("default/mptcp", "WORKER2", ":8080): CRIU cannot dump MPTCP. Let the program use plain TCP"),
+    ("default/lonely", "WORKER2", f"image {BUSYBOX} is not on node WORKER2 (restored containers start"),
 ])
 def test_bad_input_is_refused_before_anything_changes(api, cluster, refusals, pod, target, expected):
     pod = pod.replace("OWNED", refusals["owned"])
+    expected = expected.replace("WORKER2", WORKERS[1])
     target = {"WORKER1": WORKERS[0], "WORKER2": WORKERS[1]}.get(target, target)
     before = sorted((p.metadata.name, p.metadata.uid, p.spec.node_name, p.status.phase)
                     for p in api.list_namespaced_pod("default").items)

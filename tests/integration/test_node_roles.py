@@ -7,7 +7,6 @@ their idempotence, so the checks run on the nodes the suite already has instead 
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -111,9 +110,10 @@ def test_checkpoints_are_root_only_and_forwarding_is_on(host):
     assert host.file("/proc/sys/net/ipv4/ip_forward").content_string.strip() == "1"
 
 
-def test_the_migration_helper_and_its_manifest_endpoint(host):
-    helper = host.file("/usr/local/libexec/podmigrate/podmigrate-node")
-    assert helper.is_file and helper.mode == 0o755 and helper.user == "root"
+def test_the_migration_helper_and_podmigrates_runtime_handler(host):
+    for name in ("podmigrate-node", "podmigrate_runtime.py"):
+        helper = host.file(f"/usr/local/libexec/podmigrate/{name}")
+        assert helper.is_file and helper.mode == 0o755 and helper.user == "root"
     assert host.file("/var/lib/podmigrate/migrations").mode == 0o700
     keys = host.file("/etc/podmigrate/authorized_keys")
     assert keys.mode == 0o600 and keys.user == "root"
@@ -121,13 +121,14 @@ def test_the_migration_helper_and_its_manifest_endpoint(host):
     assert "/etc/podmigrate/authorized_keys" in sshd
     # beside, not instead of, the node's own SSH settings
     assert "passwordauthentication no" in sshd and "permitrootlogin without-password" in sshd
-    assert host.service("podmigrate-manifests").is_running
-    assert host.socket("tcp://127.0.0.1:5017").is_listening
-    assert not host.socket("tcp://0.0.0.0:5017").is_listening
-    # the endpoint answers for an image's manifest from the content store, and for nothing else
-    target = host.check_output("ctr -n k8s.io images ls | awk '$1 == \"localhost/podmigrate/pause:3.10.1\" {print $3}'")
-    config = json.loads(host.check_output(f"ctr -n k8s.io content get {target}"))["config"]["digest"]
-    fetch = ("python3 -c \"import sys, urllib.request as u; "
-             "u.urlopen('http://127.0.0.1:5017/v2/p/manifests/' + sys.argv[1])\"")
-    assert host.run(f"{fetch} {target}").rc == 0
-    assert host.run(f"{fetch} {config}").rc != 0
+    # containerd's podmigrate handler: runc's shim running the runtime in place of runc,
+    # with the restore annotation passed into the OCI spec
+    dump = host.check_output("containerd config dump")
+    handler = dump.split("containerd.runtimes.podmigrate]", 1)[1].split("containerd.runtimes.runc]", 1)[0]
+    assert "runtime_type = 'io.containerd.runc.v2'" in handler
+    assert "pod_annotations = ['podmigrate.io/restore']" in handler
+    assert "BinaryName = '/usr/local/libexec/podmigrate/podmigrate_runtime.py'" in handler
+    # an ordinary command goes straight to runc
+    assert host.check_output("/usr/local/libexec/podmigrate/podmigrate_runtime.py --version") == \
+        host.check_output("runc --version")
+    assert not host.file("/etc/systemd/system/podmigrate-manifests.service").exists

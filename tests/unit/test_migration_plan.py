@@ -122,42 +122,47 @@ def test_no_other_node_able_to_take_the_pod_says_why_for_each():
         migration.plan(pod(), nodes, {})
 
 
-def test_the_restored_pod_keeps_labels_and_spec_and_runs_the_checkpoint_images_on_the_target():
+def test_the_restored_pod_keeps_labels_spec_and_images_and_runs_under_podmigrates_runtime_on_the_target():
     source = pod(nodeSelector={"disk": "ssd"})
     before = copy.deepcopy(source)
-    restored = migration.restored_pod(source, "w2", {"app": "localhost/podmigrate/checkpoint/counter-app:a1b2"}, "a1b2")
+    restored = migration.restored_pod(source, "w2", "20261202-a1b2c3", "a1b2c3")
     assert source == before, "the source's manifest must not change"
-    assert restored["metadata"]["name"] == "counter-a1b2"
+    assert restored["metadata"]["name"] == "counter-a1b2c3"
     assert restored["metadata"]["labels"] == {"app": "counter"}
     assert restored["metadata"]["annotations"] == {"note": "kept", migration.ORIGINAL_NAME: "counter",
-                                                   migration.ORIGINAL_NODE: "w1"}
+                                                   migration.ORIGINAL_NODE: "w1",
+                                                   migration.RESTORE_ANNOTATION: "20261202-a1b2c3"}
     assert "uid" not in restored["metadata"] and "resourceVersion" not in restored["metadata"]
     assert "status" not in restored
     spec = restored["spec"]
     assert spec["nodeName"] == "w2" and "nodeSelector" not in spec
+    assert spec["runtimeClassName"] == migration.RUNTIME_CLASS == "podmigrate"
     container = spec["containers"][0]
-    assert container["image"] == "localhost/podmigrate/checkpoint/counter-app:a1b2"
+    assert container["image"] == source["spec"]["containers"][0]["image"]
     assert container["imagePullPolicy"] == "Never"
     assert container["resources"] == source["spec"]["containers"][0]["resources"]
 
 
-def test_a_pod_moved_twice_keeps_its_original_name():
-    once = migration.restored_pod(pod(), "w2", {"app": "img:1"}, "aaaa")
+def test_a_pod_moved_twice_keeps_its_original_name_and_names_only_its_last_migration():
+    once = migration.restored_pod(pod(), "w2", "m-aaaa", "aaaa")
     once["status"] = {"phase": "Running"}
-    twice = migration.restored_pod(once, "w1", {"app": "img:2"}, "bbbb")
+    twice = migration.restored_pod(once, "w1", "m-bbbb", "bbbb")
     assert twice["metadata"]["name"] == "counter-bbbb"
     assert twice["metadata"]["annotations"][migration.ORIGINAL_NAME] == "counter"
     assert twice["metadata"]["annotations"][migration.ORIGINAL_NODE] == "w2"
+    assert twice["metadata"]["annotations"][migration.RESTORE_ANNOTATION] == "m-bbbb"
 
 
 def test_a_long_name_is_cut_to_fit_with_its_suffix():
-    restored = migration.restored_pod(pod(name="x" * 63), "w2", {"app": "img:1"}, "abcdef")
+    restored = migration.restored_pod(pod(name="x" * 63), "w2", "m-abcdef", "abcdef")
     assert len(restored["metadata"]["name"]) == 63 and restored["metadata"]["name"].endswith("-abcdef")
 
 
-def test_every_container_needs_a_checkpoint_image():
-    with pytest.raises(ValueError, match="no checkpoint image for container"):
-        migration.restored_pod(pod(), "w2", {}, "abcd")
+def test_a_pod_of_another_runtime_class_is_refused_and_one_moved_before_is_not():
+    nodes = {"w1": node("w1"), "w2": node("w2")}
+    with pytest.raises(migration.MigrationError, match="runs under RuntimeClass kata"):
+        migration.plan(pod(runtimeClassName="kata"), nodes, {})
+    assert migration.plan(pod(runtimeClassName="podmigrate"), nodes, {}) == ("w1", "w2")
 
 
 def test_a_tainted_target_is_refused_unless_the_pod_tolerates_the_taint():
@@ -211,14 +216,6 @@ def test_the_internal_ip_of_a_node():
     assert migration.internal_ip({"status": {}}) is None
 
 
-def test_the_restored_pod_runs_no_init_container_again_but_the_fill_one_when_it_has_volumes_to_fill():
+def test_the_restored_pod_runs_no_init_container_again():
     source = pod(initContainers=[{"name": "setup", "image": "x"}])
-    source["spec"]["containers"][0]["resources"]["limits"] = {"cpu": "250m", "memory": "256Mi"}
-    assert "initContainers" not in migration.restored_pod(source, "w2", {"app": "ckpt"}, "abc")["spec"]
-    spec = migration.restored_pod(source, "w2", {"app": "ckpt"}, "abc", fill_image="pause:1")["spec"]
-    (fill,) = spec["initContainers"]
-    assert fill["name"] == migration.FILL_CONTAINER and fill["image"] == "pause:1"
-    assert fill["imagePullPolicy"] == "Never"
-    # the same resources as the first container: the QoS class stays, the requests do not grow
-    assert fill["resources"] == spec["containers"][0]["resources"]
-    assert migration.pod_requests({"spec": spec}) == migration.pod_requests(source)
+    assert "initContainers" not in migration.restored_pod(source, "w2", "m-abc", "abc")["spec"]

@@ -1,5 +1,6 @@
-"""The node helper's own parts, run for real here: the checkpoint layer it writes, its
-manifest endpoint over loopback HTTP, and a zstd stream through `receive`."""
+"""The node helper's and the runtime's own parts, run for real here: a tar stream through
+`receive`, writable-layer changes packed from a real overlay upper directory and applied
+as overlayfs shows them, a runc command line taken apart, the freezer a process is in."""
 
 from __future__ import annotations
 
@@ -12,136 +13,67 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
-import urllib.error
-import urllib.request
 
 import pytest
 from helpers import ROOT
 
-HELPER = ROOT / "roles" / "migration_node" / "files" / "podmigrate-node"
+FILES = ROOT / "roles" / "migration_node" / "files"
+HELPER = FILES / "podmigrate-node"
+RUNTIME = FILES / "podmigrate_runtime.py"
 
 
-def load_helper():
-    loader = importlib.machinery.SourceFileLoader("podmigrate_node", str(HELPER))
-    spec = importlib.util.spec_from_loader("podmigrate_node", loader)
+def load(path, name):
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
 
 
-node = load_helper()
+node = load(HELPER, "podmigrate_node")
+runtime = load(RUNTIME, "podmigrate_runtime")
 
 
-def checkpoint_archive(path, pages=b"\x5a" * 300_000):
-    config = {"id": "c1", "rootfsImageRef": "sha256:" + "a" * 64, "rootfsImageName": "localhost/x/counter:1"}
-    with tarfile.open(path, "w") as tar:
-        for name, data in (("spec.dump", b"{}"), ("config.dump", json.dumps(config).encode()),
-                           ("checkpoint/pages-1.img", pages), ("rootfs-diff.tar", b"\0" * 10240)):
+def tar_of(tree):
+    """A tar stream of {name: bytes} files."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in tree.items():
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o600
             tar.addfile(info, io.BytesIO(data))
-    return config
+    return out.getvalue()
 
 
-def test_the_layer_is_the_archive_with_only_the_base_image_reference_changed(tmp_path):
-    archive = tmp_path / "checkpoint.tar"
-    config = checkpoint_archive(archive)
-    with open(archive, "rb") as f:
-        member, dump = node.checkpoint_config(str(archive), f)
-        parts, size = node.layer_parts(f, member, dump, "127.0.0.1:5017/x/counter@sha256:" + "b" * 64)
-        layer = node.Segments(parts).read()
-        digests = node.archive_and_layer_digests(f, parts)
-    assert dump == config and len(layer) == size
-    assert digests == (hashlib.sha256(archive.read_bytes()).hexdigest(), hashlib.sha256(layer).hexdigest())
-    with tarfile.open(fileobj=io.BytesIO(layer)) as new, tarfile.open(archive) as old:
-        assert new.getnames() == old.getnames()
-        for member in old.getmembers():
-            data = new.extractfile(member.name).read()
-            if member.name == "config.dump":
-                assert json.loads(data) == dict(config, rootfsImageRef="127.0.0.1:5017/x/counter@sha256:" + "b" * 64)
-            else:
-                assert data == old.extractfile(member).read()
-
-
-def test_a_file_without_config_dump_is_not_a_checkpoint(tmp_path):
-    archive = tmp_path / "other.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.addfile(tarfile.TarInfo("empty"))
-    with open(archive, "rb") as f, pytest.raises(ValueError, match="not a kubelet checkpoint"):
-        node.checkpoint_config(str(archive), f)
-
-
-@pytest.fixture
-def manifests(tmp_path, monkeypatch):
-    blobs = tmp_path / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    stored = {}
-    for kind, data in (("manifest", {"schemaVersion": 2, "mediaType": node.MEDIA_MANIFEST, "config": {}, "layers": []}),
-                       ("bare", {"schemaVersion": 2, "config": {}, "layers": []}),
-                       ("config", {"architecture": "amd64", "config": {"Env": ["TOKEN=secret"]}}),
-                       ("layer", b"secret process memory")):
-        raw = data if isinstance(data, bytes) else json.dumps(data).encode()
-        digest = hashlib.sha256(raw).hexdigest()
-        (blobs / digest).write_bytes(raw)
-        stored[kind] = (f"sha256:{digest}", raw)
-    monkeypatch.setattr(node, "CONTENT_STORE", str(tmp_path / "blobs"))
-    server = node.http.server.ThreadingHTTPServer(("127.0.0.1", 0), node.ManifestHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", stored
-    server.shutdown()
-
-
-def test_the_manifest_endpoint_serves_manifests_by_digest(manifests):
-    url, stored = manifests
-    digest, raw = stored["manifest"]
-    assert urllib.request.urlopen(f"{url}/v2/").status == 200
-    answer = urllib.request.urlopen(f"{url}/v2/x/counter/manifests/{digest}")
-    assert answer.read() == raw
-    assert answer.headers["Content-Type"] == node.MEDIA_MANIFEST
-    assert answer.headers["Docker-Content-Digest"] == digest
-
-
-def test_a_manifest_without_a_media_type_is_served_as_one(manifests):
-    url, stored = manifests
-    answer = urllib.request.urlopen(f"{url}/v2/x/manifests/{stored['bare'][0]}")
-    assert answer.headers["Content-Type"] == node.MEDIA_MANIFEST
-
-
-@pytest.mark.parametrize("path", ["/v2/x/manifests/LAYER", "/v2/x/manifests/CONFIG", "/v2/x/blobs/LAYER",
-                                  "/v2/x/manifests/latest", "/v2/x/manifests/sha256:" + "0" * 64])
-def test_the_manifest_endpoint_never_serves_layers_configs_tags_or_unknown_blobs(manifests, path):
-    url, stored = manifests
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(url + path.replace("LAYER", stored["layer"][0]).replace("CONFIG", stored["config"][0]))
-    assert err.value.code == 404
-
-
-def test_receive_writes_the_decompressed_stream_root_only_and_reports_its_checksum(tmp_path):
+def test_receive_unpacks_the_decompressed_stream_root_only_and_reports_its_checksum(tmp_path):
     (tmp_path / "m1").mkdir(mode=0o700)
-    data = os.urandom(200_000) + b"\0" * 500_000
-    compressed = subprocess.run(["zstd", "-1", "-c"], input=data, capture_output=True, check=True).stdout
+    stream = tar_of({"./counter/images/pages-1.img": os.urandom(200_000) + b"\0" * 500_000,
+                     "./volumes.tar": b"v" * 1000})
+    compressed = subprocess.run(["zstd", "-1", "-c"], input=stream, capture_output=True, check=True).stdout
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path))
-    res = subprocess.run([sys.executable, str(HELPER), "receive", "m1", "counter"], input=compressed,
+    res = subprocess.run([sys.executable, str(HELPER), "receive", "m1", "payload"], input=compressed,
                          capture_output=True, env=env, check=True)
     answer = json.loads(res.stdout)
-    part = tmp_path / "m1" / "counter.part"
-    assert part.read_bytes() == data
-    assert part.stat().st_mode & 0o777 == 0o600
-    assert answer == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "wire_bytes": len(compressed)}
+    payload = tmp_path / "m1" / "payload"
+    assert (payload / "volumes.tar").read_bytes() == b"v" * 1000
+    assert (payload / "counter" / "images" / "pages-1.img").stat().st_size == 700_000
+    assert payload.stat().st_mode & 0o777 == 0o700 and not (tmp_path / "m1" / "payload.part").exists()
+    assert answer == {"sha256": hashlib.sha256(stream).hexdigest(), "bytes": len(stream),
+                      "wire_bytes": len(compressed)}
 
 
-def test_a_cut_stream_is_reported_as_such(tmp_path):
+def test_a_cut_stream_is_reported_as_such_and_leaves_no_payload(tmp_path):
     (tmp_path / "m1").mkdir(mode=0o700)
-    compressed = subprocess.run(["zstd", "-1", "-c"], input=os.urandom(300_000), capture_output=True,
-                                check=True).stdout
+    stream = tar_of({"big": os.urandom(300_000)})
+    compressed = subprocess.run(["zstd", "-1", "-c"], input=stream, capture_output=True, check=True).stdout
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path))
-    res = subprocess.run([sys.executable, str(HELPER), "receive", "m1", "counter"], input=compressed[:100_000],
+    res = subprocess.run([sys.executable, str(HELPER), "receive", "m1", "payload"], input=compressed[:100_000],
                          capture_output=True, env=env, check=False)
     assert res.returncode != 0 and b"cut" in res.stderr
+    assert not (tmp_path / "m1" / "payload").exists()
 
 
-@pytest.mark.parametrize("command", ["rm -rf /", "receive ../x counter", "receive m1 ../../etc/passwd", ""])
+@pytest.mark.parametrize("command", ["rm -rf /", "receive ../x payload", "receive m1 ../../etc/passwd", ""])
 def test_the_forced_command_only_receives_into_a_migration_directory(tmp_path, command):
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), SSH_ORIGINAL_COMMAND=command)
     res = subprocess.run([sys.executable, str(HELPER), "forced"], input=b"", capture_output=True, env=env, check=False)
@@ -149,12 +81,116 @@ def test_the_forced_command_only_receives_into_a_migration_directory(tmp_path, c
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("name", "repo"), [
-    ("localhost/podmigrate/counter:1", "podmigrate/counter"),
-    ("127.0.0.1:5017/podmigrate/counter@sha256:" + "a" * 64, "podmigrate/counter"),
-    ("docker.io/library/redis:7", "library/redis"),
-    ("redis", "redis"),
-    ("registry:5000/team/app:v1.2", "team/app"),
+def test_pack_and_unpack_carry_the_payload_with_its_checksum(tmp_path):
+    payload = tmp_path / "m1" / "payload" / "app"
+    payload.mkdir(parents=True)
+    (payload / "rootfs.tar").write_bytes(b"r" * 4096)
+    env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path))
+    packed = json.loads(subprocess.run([sys.executable, str(HELPER), "pack", "m1"], capture_output=True, env=env,
+                                       check=True).stdout)
+    with open(packed["path"], "rb") as f:
+        assert packed["sha256"] == hashlib.sha256(f.read()).hexdigest()
+    (tmp_path / "m2").mkdir()
+    bad = subprocess.run([sys.executable, str(HELPER), "unpack", "m2", packed["path"], "--sha256", "0" * 64],
+                         capture_output=True, env=env, check=False)
+    assert bad.returncode != 0 and not (tmp_path / "m2" / "payload").exists()
+    subprocess.run([sys.executable, str(HELPER), "unpack", "m2", packed["path"], "--sha256", packed["sha256"]],
+                   capture_output=True, env=env, check=True)
+    assert (tmp_path / "m2" / "payload" / "app" / "rootfs.tar").read_bytes() == b"r" * 4096
+
+
+@pytest.fixture
+def overlay(tmp_path):
+    """A real overlay mount: lower (the image), upper (the container's changes), merged."""
+    dirs = {n: tmp_path / n for n in ("lower", "upper", "work", "merged")}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["lower"] / "etc").mkdir()
+    (dirs["lower"] / "etc" / "keep").write_text("image\n")
+    (dirs["lower"] / "etc" / "gone").write_text("image\n")
+    (dirs["lower"] / "cache").mkdir()
+    (dirs["lower"] / "cache" / "old").write_text("image\n")
+    (dirs["lower"] / "link").symlink_to("/etc")
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}", str(dirs["merged"])],
+                   check=True)
+    yield dirs
+    subprocess.run(["umount", str(dirs["merged"])], check=True)
+
+
+def test_writable_layer_changes_come_back_as_overlayfs_showed_them(overlay, tmp_path):
+    merged = overlay["merged"]
+    (merged / "etc" / "new").write_text("written by the container\n")
+    (merged / "etc" / "gone").unlink()
+    subprocess.run(["rm", "-rf", str(merged / "cache")], check=True)
+    (merged / "cache").mkdir()
+    (merged / "cache" / "fresh").write_text("after\n")
+    (merged / "link").unlink()
+    (merged / "link").mkdir()
+    (merged / "link" / "inside").write_text("not through the image's link\n")
+    layer = tmp_path / "rootfs.tar"
+    with open(layer, "wb") as out:
+        runtime.pack_layer(str(overlay["upper"]), out)
+    # a fresh container of the same image
+    target = tmp_path / "target"
+    subprocess.run(["cp", "-a", str(overlay["lower"]), str(target)], check=True)
+    runtime.apply_layer(str(layer), str(target))
+    assert (target / "etc" / "new").read_text() == "written by the container\n"
+    assert (target / "etc" / "keep").read_text() == "image\n"
+    assert not (target / "etc" / "gone").exists()
+    assert sorted(os.listdir(target / "cache")) == ["fresh"]
+    assert not (target / "link").is_symlink() and (target / "link" / "inside").exists()
+    assert not os.path.exists("/etc/inside")
+
+
+def test_a_layer_cannot_write_outside_the_rootfs(tmp_path):
+    layer = tmp_path / "evil.tar"
+    layer.write_bytes(tar_of({"../../outside": b"x"}))
+    target = tmp_path / "root"
+    target.mkdir()
+    with pytest.raises(RuntimeError):
+        runtime.apply_layer(str(layer), str(target))
+    assert not (tmp_path / "outside").exists()
+
+
+def test_a_runc_command_line_is_taken_apart_as_the_shim_writes_it():
+    argv = ["--root", "/run/containerd/runc/k8s.io", "--log", "/b/log.json", "--log-format", "json",
+            "--systemd-cgroup", "create", "--bundle", "/b", "--pid-file", "/b/init.pid", "--no-pivot", "abc"]
+    glob, command, rest = runtime.split(argv)
+    assert command == "create" and glob == argv[:7]
+    opts, cid = runtime.create_options(rest)
+    assert cid == "abc" and opts == {"--bundle": "/b", "--pid-file": "/b/init.pid", "--no-pivot": True}
+
+
+def test_only_a_container_of_a_migration_with_images_here_is_restored(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "MIGRATIONS", str(tmp_path))
+    spec = {"annotations": {"podmigrate.io/restore": "m1", "io.kubernetes.cri.container-type": "container",
+                            "io.kubernetes.cri.container-name": "app"}}
+    assert runtime.restore_source(spec) is None
+    (tmp_path / "m1" / "payload" / "app" / "images").mkdir(parents=True)
+    assert runtime.restore_source(spec) == (str(tmp_path / "m1" / "payload"), "app")
+    sandbox = {"annotations": dict(spec["annotations"], **{"io.kubernetes.cri.container-type": "sandbox"})}
+    assert runtime.restore_source(sandbox) is None
+    escape = {"annotations": dict(spec["annotations"], **{"podmigrate.io/restore": "../x"})}
+    assert runtime.restore_source(escape) is None
+    (tmp_path / "m1" / "payload" / "app" / "restored").write_text("abc")
+    assert runtime.restore_source(spec) is None  # a restart starts from the image
+
+
+@pytest.mark.parametrize(("cgroup", "expected"), [
+    ("12:freezer:/kubepods/besteffort/pod1/c1\n0::/x\n", ("/cg/freezer/kubepods/besteffort/pod1/c1", 1)),
+    ("0::/kubepods.slice/pod1/c1\n", ("/cg/kubepods.slice/pod1/c1", 2)),
 ])
-def test_the_repository_of_an_image_name(name, repo):
-    assert node.repository(name) == repo
+def test_the_freezer_of_a_process(tmp_path, cgroup, expected):
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_text(cgroup)
+    assert node.freezer_of(7, proc=str(tmp_path), cgroups="/cg") == expected
+
+
+def test_the_upper_directory_of_a_container_rootfs(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text("1 0 0:1 / /run/x/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/s/7/fs,workdir=/s/7/w\n"
+                    "2 0 0:2 / /other rw - ext4 /dev/vda rw\n")
+    assert node.upper_dir("/run/x/rootfs", str(info)) == "/s/7/fs"
+    with pytest.raises(ValueError):
+        node.upper_dir("/other", str(info))

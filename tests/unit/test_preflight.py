@@ -9,9 +9,7 @@ import sys
 
 import pytest
 from ansible_collections.podmigrate.cluster.plugins.module_utils import preflight
-from test_node_helper import load_helper
-
-node = load_helper()
+from test_node_helper import node
 
 # A process holding what CRIU dumps (TCP and UDP sockets, unix sockets, one abstract, an eventfd,
 # /dev/null, a mapping of /dev/zero) and what it cannot (an MPTCP listener, an io_uring,

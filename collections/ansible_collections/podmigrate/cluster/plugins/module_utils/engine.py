@@ -5,26 +5,31 @@
 Used by the ``podmigrate.cluster.migrate`` module (``migrate.yml``) and by
 ``scripts/podmigrate migrate``. It talks to the API server with the ``kubernetes`` client
 and to the nodes over SSH, running the ``podmigrate-node`` helper the migration_node role
-installs. Phases, in order (each timed, each reported as an Event on the pod):
+installs. The checkpoint and the restore are podmigrate's own (runc and CRIU on the
+nodes), not the kubelet's or containerd's. Phases, in order (each timed, each reported as
+an Event on the pod):
 
-  validate    every refusal, before anything changes (module_utils.migration.plan), and
-              what CRIU could not dump in the pod's processes (module_utils.preflight)
+  validate    every refusal, before anything changes (module_utils.migration.plan), what
+              CRIU could not dump in the pod's processes (module_utils.preflight), and the
+              pod's images on the target
   prepare     migration directories, the one-time SSH key for the direct stream
-  fence       new connections to the source pod refused, established ones drained:
-              nothing the source acknowledges after its checkpoint can be lost
-  checkpoint  the kubelet checkpoint API, through the API server's node proxy
-  transfer    direct: source -> target over SSH, zstd, sha256 checked, retried;
-              share: through a directory both nodes mount, or an SMB share (Azure
-              Files) the node helper reaches with an SMB client library: uploaded,
+  fence       new connections to the source pod refused
+  freeze      every container of the source pod frozen at once (its freezer cgroup): from
+              here to the commit the source answers nothing the restored pod will not have
+  checkpoint  each container dumped by runc/CRIU (left frozen), its writable-layer changes
+              and the pod's emptyDir volumes, while frozen
+  transfer    direct: source -> target over SSH, tar + zstd, sha256 checked, retried;
+              share: one tar file through a directory both nodes mount, or an SMB share
+              (Azure Files) the node helper reaches with an SMB client library: uploaded,
               read back from the share, then downloaded, size and sha256 checked
-  import      a checkpoint image per container in the target's containerd
-  restore     the restored pod on the target (labels kept, checkpoint images)
-  verify      Running, every container restored by CRI (not started afresh), Ready
-  commit      the source pod deleted; only now is the source given up
+  restore     the restored pod on the target (labels kept, RuntimeClass podmigrate: the
+              runtime restores each container from the payload where containerd creates it)
+  verify      Running, Ready, every container restored by podmigrate's runtime
+  commit      the source pod deleted, its frozen processes killed without running again
 
-Any failure before the commit rolls back: the restored pod and images are removed, the
-fence lifted; the source never stopped. Checkpoint files are removed on both nodes in
-every case.
+Any failure before the commit rolls back: the restored pod is removed, the source thawed
+and the fence lifted; the source goes on where it stopped. Migration files are removed on
+both nodes in every case.
 """
 
 from __future__ import annotations
@@ -44,11 +49,8 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils import migratio
 HELPER = "/usr/local/libexec/podmigrate/podmigrate-node"
 MIGRATIONS = "/var/lib/podmigrate/migrations"
 AUTHORIZED_KEYS = "/etc/podmigrate/authorized_keys"
-CHECKPOINT_REPOSITORY = "localhost/podmigrate-checkpoint"
 TRANSFERS = ("direct", "share")
 SHARES = ("dir", "smb")  # what the share transfer goes through
-# the name the pod's emptyDir volumes travel under (no container has a dot in its name)
-VOLUMES = "volumes.emptydir"
 
 
 class NodeError(Exception):
@@ -225,6 +227,10 @@ class Migration:
                                                 "(run site.yml, or playbooks/nodes.yml, again)"])
         # what CRIU would refuse to dump, found before the fence (CRIU itself finds it only in the dump)
         problems += preflight.problems(json.loads(self.source.helper("preflight", pod["metadata"]["uid"])))
+        images = sorted({c["image"] for c in pod["spec"]["containers"]})
+        missing = json.loads(self.target.helper("images-present", *images))["missing"]
+        problems += [f"image {image} is not on node {self.target.name} (restored containers start from "
+                     "their own image, which is never pulled)" for image in missing]
         if self.smb:
             for node in (self.source, self.target):
                 try:
@@ -236,6 +242,7 @@ class Migration:
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
+        self.uid = pod["metadata"]["uid"]
 
     def prepare(self):
         directory = self.directory
@@ -285,78 +292,43 @@ class Migration:
             return
         self.undo.append(("lift the fence", lambda: self.source.helper("unfence", self.id, check=False)))
         self.source.helper("fence", self.pod_ip, self.id)
-        drained = json.loads(self.source.helper("drain", self.pod_ip, "--timeout", "5"))
-        self.report["established_after_drain"] = drained["established"]
+
+    def freeze(self):
+        self.undo.append(("thaw the source", lambda: self.source.helper("thaw", self.uid)))
+        frozen = json.loads(self.source.helper("freeze", self.uid, self.id))
+        self.report["freeze_seconds"] = frozen["seconds"]
 
     def checkpoint(self):
-        from kubernetes.client.rest import ApiException
-
-        self.archives = {}
-        # whatever the kubelet writes for this pod from now on, even if its answer is lost
-        pattern = shlex.quote(f"checkpoint-{self.name}_{self.namespace}-*")
-        marker = f"{self.directory}/checkpoint-started"
-        self.source.run(f"touch {marker}")
-        self.undo.append(("remove the kubelet's archives", lambda: self.source.run(
-            f"find /var/lib/kubelet/checkpoints -maxdepth 1 -name {pattern} -newer {marker} -delete", check=False)))
-        for container in self.containers:
-            # through the API server, which proxies with its kubelet client certificate: the
-            # kubelet authenticates and authorises it (no anonymous access needed); the
-            # kubelet's own limit is its runtimeRequestTimeout
-            try:
-                answer = self.core.connect_post_node_proxy_with_path(
-                    self.source.name, f"checkpoint/{self.namespace}/{self.name}/{container}",
-                    _request_timeout=self.timeout, _preload_content=False)
-            except ApiException as exc:
-                said = (exc.body or exc.reason or "").strip()
-                raise NodeError(f"checkpoint of {container} failed ({exc.status}): {said}"
-                                + self.criu_log(said)) from None
-            items = json.loads(answer.read()).get("items") or []
-            if len(items) != 1:
-                raise NodeError(f"the kubelet answered the checkpoint of {container} with {items}")
-            archive = items[0]
-            size = int(self.source.run(f"stat -c %s {shlex.quote(archive)}"))
-            self.archives[container] = archive
-            self.report["containers"].setdefault(container, {})["checkpoint_bytes"] = size
-        if self.volumes:
-            # right after the checkpoints, while the fence keeps the volumes as the processes left them
-            path = f"{self.directory}/{VOLUMES}"
-            packed = json.loads(self.source.helper("pack-volumes", self.pod["metadata"]["uid"], path, *self.volumes))
-            self.archives[VOLUMES] = path
-            self.report["volumes"] = {"names": self.volumes, "bytes": packed["bytes"]}
-
-    def criu_log(self, said):
-        """What the CRIU log the runtime names in its error says (gone with the container)."""
-        found = re.search(r"path= ?(/\S+/criu-dump\.log)", said)
-        if not found:
-            return ""
-        log = shlex.quote(found.group(1))
-        # its first errors say why; its end, where it stopped
-        said = self.source.run(f"grep -m 6 'Error' {log}; echo ...; tail -n 3 {log}", check=False).strip()
-        return f"\nCRIU's log:\n{said}" if said != "..." else ""
+        volumes = [a for v in self.volumes for a in ("--volume", v)]
+        dumped = json.loads(self.source.helper("dump", self.uid, self.id, *volumes, timeout=self.timeout))
+        for name, entry in dumped["containers"].items():
+            self.report["containers"].setdefault(name, {}).update(
+                checkpoint_bytes=entry["image_bytes"], rootfs_bytes=entry["rootfs_bytes"],
+                dump_seconds=entry["dump_seconds"])
+        if "volumes" in dumped:
+            self.report["volumes"] = dumped["volumes"]
 
     def move(self):
         directory = self.directory
-        self.received = {}
-        for container, archive in self.archives.items():
-            if self.transfer == "direct":
-                sent = json.loads(self.source.helper(
-                    "send", archive, "--to", self.target_ip, "--key", f"{directory}/key",
-                    "--known-hosts", f"{directory}/known_hosts", "--migration", self.id,
-                    "--name", container, timeout=self.timeout).strip().splitlines()[-1])
-                self.received[container] = (f"{directory}/{container}.part", sent["sha256"])
-            elif self.smb:
-                sent = self.share_copy(archive, f"{container}.tar", f"{directory}/{container}.tar")
-                self.received[container] = (f"{directory}/{container}.tar", sent["sha256"])
+        if self.transfer == "direct":
+            sent = json.loads(self.source.helper(
+                "send", f"{directory}/payload", "--to", self.target_ip, "--key", f"{directory}/key",
+                "--known-hosts", f"{directory}/known_hosts", "--migration", self.id,
+                "--name", "payload", timeout=self.timeout).strip().splitlines()[-1])
+        else:
+            packed = json.loads(self.source.helper("pack", self.id, timeout=self.timeout))
+            if self.smb:
+                sent = self.share_copy(packed["path"], "payload.tar", f"{directory}/payload.tar")
+                received = f"{directory}/payload.tar"
             else:
-                sent = json.loads(self.source.run(
-                    f"set -e; f={shlex.quote(self.share)}/{container}.tar; cp {shlex.quote(archive)} $f.part; "
-                    f"sync $f.part; s=$(sha256sum < $f.part | cut -d' ' -f1); mv $f.part $f; "
-                    f"echo \"{{\\\"sha256\\\": \\\"$s\\\", \\\"bytes\\\": $(stat -c %s $f)}}\"",
-                    timeout=self.timeout))
-                sent["wire_bytes"] = sent["bytes"]
-                self.received[container] = (f"{self.share}/{container}.tar", sent["sha256"])
-            entry = self.report["volumes"] if container == VOLUMES else self.report["containers"][container]
-            entry.update(sha256=sent["sha256"], sent_bytes=sent["wire_bytes"], attempts=sent.get("attempts", 1))
+                received = f"{self.share}/payload.tar"
+                self.source.run(f"set -e; cp {packed['path']} {shlex.quote(received)}.part; "
+                                f"sync {shlex.quote(received)}.part; mv {shlex.quote(received)}.part "
+                                f"{shlex.quote(received)}", timeout=self.timeout)
+                sent = {"sha256": packed["sha256"], "bytes": packed["bytes"], "wire_bytes": packed["bytes"]}
+            self.target.helper("unpack", self.id, received, "--sha256", packed["sha256"], timeout=self.timeout)
+        self.report["transfer_detail"] = {"sha256": sent["sha256"], "bytes": sent["bytes"],
+                                          "sent_bytes": sent["wire_bytes"], "attempts": sent.get("attempts", 1)}
 
     def share_copy(self, path, name, dest):
         """The source's file ``path`` to the target's ``dest`` through the SMB share: uploaded,
@@ -367,39 +339,12 @@ class Migration:
                            timeout=self.timeout)
         return sent
 
-    def import_images(self):
-        self.images = {}
-        for container, (path, sha) in self.received.items():
-            if container == VOLUMES:
-                continue
-            ref = f"{CHECKPOINT_REPOSITORY}/{self.namespace}.{self.name}.{container}:{self.id}".lower()
-            self.undo.append(("remove the checkpoint image", lambda r=ref: self.target.helper("remove-image", r)))
-            out = json.loads(self.target.helper("image", path, "--container", container, "--name", ref,
-                                                "--sha256", sha, timeout=self.timeout).strip().splitlines()[-1])
-            self.images[container] = ref
-            self.report["containers"][container]["base_image"] = out["base"]
-
     def restore(self):
-        fill = self.target.helper("sandbox-image").strip() if self.volumes else None
-        manifest = migration.restored_pod(self.pod, self.target.name, self.images, self.id.rsplit("-", 1)[1], fill)
+        manifest = migration.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
         self.restored_name = manifest["metadata"]["name"]
         self.undo.append(("delete the restored pod", self.delete_restored))
-        created = self.as_dict(self.core.create_namespaced_pod(self.namespace, manifest))
+        self.core.create_namespaced_pod(self.namespace, manifest)
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
-        if self.volumes:
-            self.wait_fill_running()
-            path, sha = self.received[VOLUMES]
-            self.target.helper("fill-volumes", created["metadata"]["uid"], path, "--sha256", sha)
-
-    def wait_fill_running(self):
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            pod = self.as_dict(self.core.read_namespaced_pod(self.restored_name, self.namespace))
-            for s in (pod.get("status") or {}).get("initContainerStatuses") or []:
-                if s.get("name") == migration.FILL_CONTAINER and "running" in (s.get("state") or {}):
-                    return
-            time.sleep(0.1)
-        raise NodeError(f"restored pod {self.restored_name}: its {migration.FILL_CONTAINER} init container never ran")
 
     def delete_restored(self):
         from kubernetes.client.rest import ApiException
@@ -439,8 +384,7 @@ class Migration:
 
     def verify(self):
         pod = self.wait_running()
-        uid = pod["metadata"]["uid"]
-        restored = json.loads(self.target.helper("restored", uid))
+        restored = json.loads(self.target.helper("restored", self.id, pod["metadata"]["uid"]))
         fresh = [c for c in self.containers if not restored.get(c)]
         if fresh:
             raise NodeError(f"restored pod {self.restored_name}: container(s) {', '.join(fresh)} "
@@ -449,6 +393,14 @@ class Migration:
     def commit(self):
         self.core.delete_namespaced_pod(self.name, self.namespace)
         self.wait_gone(self.name)
+
+    def end_frozen_source(self):
+        """The commit of a frozen source: the pod object first (the kubelet then stops its
+        containers and never starts them again), then the helper kills their processes once
+        the kubelet's stop has begun: they never run another instruction."""
+        self.core.delete_namespaced_pod(self.name, self.namespace, grace_period_seconds=0)
+        self.wait_gone(self.name)
+        self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
 
     # ------------------------------------------------------------ driver
     def run(self):
@@ -488,17 +440,18 @@ class Migration:
         self.phase("validate", self.validate)
         self.event("MigrationStarted", f"moving to {self.target.name} ({self.transfer} transfer)")
         self.phase("prepare", self.prepare)
-        fenced = time.monotonic()
         self.phase("fence", self.fence)
+        frozen = time.monotonic()
+        self.phase("freeze", self.freeze)
         self.phase("checkpoint", self.checkpoint)
         self.phase("transfer", self.move)
-        self.phase("import", self.import_images)
         self.phase("restore", self.restore)
         self.phase("verify", self.verify)
-        self.report["fenced_seconds"] = round(time.monotonic() - fenced, 3)
-        # the commit point: from here the restored pod stays; the fence goes once the source is gone
-        self.undo = [u for u in self.undo if u[0] != "delete the restored pod"]
-        self.phase("commit", self.commit)
+        self.report["frozen_seconds"] = round(time.monotonic() - frozen, 3)
+        # the commit point: from here the restored pod stays and the source is never thawed;
+        # the fence goes once the source is gone
+        self.undo = [u for u in self.undo if u[0] not in ("delete the restored pod", "thaw the source")]
+        self.phase("commit", self.end_frozen_source)
 
     def cleanup(self):
         errors = []
@@ -514,8 +467,9 @@ class Migration:
 
     def summarize(self):
         volumes = self.report.get("volumes") or {}
-        raw = sum(c.get("checkpoint_bytes", 0) for c in self.report["containers"].values()) + volumes.get("bytes", 0)
-        sent = sum(c.get("sent_bytes", 0) for c in self.report["containers"].values()) + volumes.get("sent_bytes", 0)
+        raw = sum(c.get("checkpoint_bytes", 0) + c.get("rootfs_bytes", 0)
+                  for c in self.report["containers"].values()) + volumes.get("bytes", 0)
+        sent = (self.report.get("transfer_detail") or {}).get("sent_bytes", 0)
         transfer = self.report["phases"].get("transfer")
         self.report.update(checkpoint_bytes=raw, sent_bytes=sent)
         if transfer:

@@ -125,6 +125,9 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
         problems.append(f"pod {ref} is {status.get('phase') or 'in no phase'}, not Running")
     if spec.get("hostNetwork"):
         problems.append(f"pod {ref} uses the host's network: its addresses are the source node's")
+    if spec.get("runtimeClassName") not in (None, RUNTIME_CLASS):
+        problems.append(f"pod {ref} runs under RuntimeClass {spec['runtimeClassName']}: only pods runc runs "
+                        f"(the default runtime or {RUNTIME_CLASS}) can be checkpointed")
     for owner in meta.get("ownerReferences") or []:
         if owner.get("controller") and owner.get("kind") in CONTROLLER_KINDS:
             problems.append(f"pod {ref} is managed by {owner['kind']} {owner.get('name')}: the controller would "
@@ -183,34 +186,29 @@ def tolerates(toleration, taint):
     return toleration.get("key") == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or "")
 
 
-FILL_CONTAINER = "podmigrate-fill"
+RUNTIME_CLASS = "podmigrate"
+RESTORE_ANNOTATION = "podmigrate.io/restore"
 
 
-def restored_pod(pod, target, images, suffix, fill_image=None):
-    """The manifest of the pod restored on ``target``.
+def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS):
+    """The manifest of the pod restored on ``target`` by migration ``migration_id``.
 
-    images: {container name: checkpoint image reference}. Labels are kept (Services follow
-    the pod), the original name and node are recorded in annotations, each container's
-    image is its checkpoint image, and the pod is bound to the target node. The source's
-    init containers ran already and do not run again; with ``fill_image`` (a pause image)
-    one init container of ours, FILL_CONTAINER, holds the restore back until the engine
-    has filled the pod's emptyDir volumes and ends it.
+    The same containers and images (never pulled: the image must be on the target), labels
+    kept (Services follow the pod), the original name and node recorded in annotations,
+    bound to the target node, run under ``runtime_class``: podmigrate's runtime restores
+    each container from the migration's payload when containerd creates it, as the
+    annotation RESTORE_ANNOTATION names it. The source's init containers ran already and do
+    not run again.
     """
     spec = copy.deepcopy(pod.get("spec") or {})
-    missing = [c["name"] for c in spec.get("containers", []) if c["name"] not in images]
-    if missing:
-        raise ValueError(f"no checkpoint image for container(s) {', '.join(missing)}")
     metadata = _moved_metadata(pod, suffix)
+    metadata["annotations"][RESTORE_ANNOTATION] = migration_id
     for container in spec["containers"]:
-        container["image"] = images[container["name"]]
         container["imagePullPolicy"] = "Never"
     for key in ("nodeName", "nodeSelector", "affinity", "schedulerName", "initContainers"):
         spec.pop(key, None)
-    if fill_image:
-        # the first container's resources keep the pod's QoS class and add no request
-        spec["initContainers"] = [{"name": FILL_CONTAINER, "image": fill_image, "imagePullPolicy": "Never",
-                                   "resources": copy.deepcopy(spec["containers"][0].get("resources") or {})}]
     spec["nodeName"] = target
+    spec["runtimeClassName"] = runtime_class
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
@@ -223,7 +221,7 @@ def _moved_metadata(pod, suffix):
         raise ValueError(f"suffix must be 1-10 lower-case letters or digits: {suffix!r}")
     base = (meta.get("annotations") or {}).get(ORIGINAL_NAME, meta["name"])
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if not k.startswith("kubectl.kubernetes.io/last-applied")}
+                   if not k.startswith("kubectl.kubernetes.io/last-applied") and k != RESTORE_ANNOTATION}
     annotations[ORIGINAL_NAME] = base
     annotations[ORIGINAL_NODE] = (pod.get("spec") or {}).get("nodeName", "")
     return {"name": f"{base[:63 - len(suffix) - 1]}-{suffix}", "namespace": meta.get("namespace", "default"),

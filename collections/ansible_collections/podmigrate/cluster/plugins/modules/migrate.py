@@ -54,7 +54,9 @@ options:
     type: path
     required: true
   helper:
-    description: The controller's copy of the node helper; nodes with a different one are refused.
+    description:
+      - The controller's copy of the node helper (with podmigrate_runtime.py beside it); nodes with
+        a different one are refused.
     type: path
   report_dir:
     description: Directory of the JSON reports.
@@ -99,6 +101,7 @@ report:
 """
 
 import hashlib
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration, seedfork
@@ -134,8 +137,12 @@ def main():
 
     helper_digest = None
     if p["helper"]:
-        with open(p["helper"], "rb") as f:
-            helper_digest = hashlib.sha256(f.read()).hexdigest()
+        # the helper and the runtime beside it, as the helper's `version` hashes them
+        digest = hashlib.sha256()
+        for path in (p["helper"], os.path.join(os.path.dirname(p["helper"]), "podmigrate_runtime.py")):
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        helper_digest = digest.hexdigest()
     nodes = {name: engine.Node(name, **{k: v for k, v in spec.items() if k in ("host", "user", "port", "key",
                                                                              "ssh_args")})
              for name, spec in p["nodes"].items()}
