@@ -7,12 +7,12 @@
 //	GET /healthz  "ok"
 //	GET /read     the content of READ_FILE (another container's LOG_FILE, through a shared volume)
 //
-// LOG_FILE, when set, gets a line with each new value (opened, appended and closed each
-// time, so a checkpoint never finds it open).
+// LOG_FILE, when set, gets a line with each new value; it is opened once and held open
+// for appending, so a checkpoint finds it open, as it finds a program's log.
 // MEMORY_MIB (default 0) allocates that many MiB filled with a deterministic
 // pseudo-random pattern (xorshift64*, seeded by PATTERN_SEED), which does not compress:
-// a checkpoint carries every byte. PORT (default 8080) is the port. Every response closes
-// its connection, so a checkpoint never finds a half-finished exchange.
+// a checkpoint carries every byte. PORT (default 8080) is the port. Connections are kept
+// alive between requests, as clients of real servers keep them.
 package main
 
 import (
@@ -33,7 +33,6 @@ var (
 	mu      sync.Mutex
 	counter uint64
 	memory  []byte
-	logFile string
 )
 
 func fill(buf []byte, seed uint64) {
@@ -60,7 +59,6 @@ func env(name string, fallback uint64) uint64 {
 }
 
 func reply(w http.ResponseWriter, body string) {
-	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "text/plain")
 	fmt.Fprint(w, body)
 }
@@ -74,7 +72,15 @@ func main() {
 	memory = make([]byte, mib<<20)
 	fill(memory, env("PATTERN_SEED", 1))
 	port := env("PORT", 8080)
-	logFile = os.Getenv("LOG_FILE")
+	// LOG_FILE is opened once and held open for appending, as a program's log is
+	var logOut *os.File
+	if logFile := os.Getenv("LOG_FILE"); logFile != "" {
+		var err error
+		if logOut, err = os.OpenFile(logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -85,15 +91,8 @@ func main() {
 		mu.Lock()
 		defer mu.Unlock()
 		counter++
-		if logFile != "" {
-			f, err := os.OpenFile(logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-			if err == nil {
-				_, err = fmt.Fprintf(f, "%d\n", counter)
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-			}
-			if err != nil {
+		if logOut != nil {
+			if _, err := fmt.Fprintf(logOut, "%d\n", counter); err != nil {
 				counter--
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
@@ -121,8 +120,8 @@ func main() {
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { reply(w, "ok\n") })
 
+	// keep-alive on, as servers have it: a client may hold one connection through a move
 	server := &http.Server{Handler: mux}
-	server.SetKeepAlivesEnabled(false)
 	// Go's default listener, as any Go server has it: with Go >= 1.24 an MPTCP one where
 	// the network namespace allows MPTCP (CRIU cannot dump that). Clusters podmigrate
 	// builds turn MPTCP off in every pod (cluster_network_pod_sysctls), so this gets TCP.
