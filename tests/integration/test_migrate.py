@@ -24,18 +24,31 @@ CONTROL_PLANE = next(name for name, (_, group) in NODES.items() if group == "con
 IMAGE = "localhost/podmigrate/counter:1"
 BUSYBOX = "localhost/podmigrate/busybox:test"
 MEMORY_MIB = 32
-# A client on the control-plane node (neither source nor target) that asks the Service
-# for the next counter value every 20 ms until told to stop; one JSON line per answer.
+# A client that asks the Service for the next counter value every 20 ms until told to stop;
+# one JSON line per answer: [time, value, connection number] (value null on an error).
+# "new" opens a connection per request; "keep" holds one connection open, as HTTP
+# keep-alive and database clients do, and opens another only when that one fails.
 PROBE = r"""
-import json, os, sys, time, urllib.request
-url, stop = sys.argv[1], sys.argv[2]
+import http.client, json, os, sys, time, urllib.parse
+url, stop, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+where = urllib.parse.urlsplit(url)
+conn, opened = None, 0
 while not os.path.exists(stop):
     t = time.time()
     try:
-        value = int(urllib.request.urlopen(url, timeout=0.5).read())
-        print(json.dumps([t, value]), flush=True)
+        if conn is None:
+            conn, opened = http.client.HTTPConnection(where.hostname, where.port or 80, timeout=0.5), opened + 1
+        conn.request("GET", where.path or "/")
+        value = int(conn.getresponse().read())
+        print(json.dumps([t, value, opened]), flush=True)
+        if mode == "new":
+            conn.close()
+            conn = None
     except Exception as exc:
-        print(json.dumps([t, None, type(exc).__name__]), flush=True)
+        if conn is not None:
+            conn.close()
+        conn = None
+        print(json.dumps([t, None, opened, type(exc).__name__]), flush=True)
     time.sleep(0.02)
 """
 
@@ -93,18 +106,19 @@ def ask(cluster, url):
 
 
 class Probe:
-    """The PROBE client, running on the control-plane node while a migration runs."""
+    """The PROBE client, running on a node (the control-plane node unless told) while a
+    migration runs."""
 
-    def __init__(self, cluster, url):
-        self.cluster, self.stop = cluster, "/tmp/podmigrate-probe-stop"
-        node_run(cluster, CONTROL_PLANE, f"rm -f {self.stop}")
-        self.proc = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[CONTROL_PLANE][0]}",
-                                      f"python3 -c '{PROBE}' {url} {self.stop}"],
+    def __init__(self, cluster, url, node=CONTROL_PLANE, mode="new"):
+        self.cluster, self.node, self.stop = cluster, node, "/tmp/podmigrate-probe-stop"
+        node_run(cluster, node, f"rm -f {self.stop}")
+        self.proc = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[node][0]}",
+                                      f"python3 -c '{PROBE}' {url} {self.stop} {mode}"],
                                      stdout=subprocess.PIPE, text=True)
         time.sleep(1)
 
     def finish(self):
-        node_run(self.cluster, CONTROL_PLANE, f"touch {self.stop}")
+        node_run(self.cluster, self.node, f"touch {self.stop}")
         out, _ = self.proc.communicate(timeout=30)
         return [json.loads(line) for line in out.splitlines() if line.startswith("[")]
 
@@ -187,15 +201,41 @@ def test_the_counter_moves_with_its_memory_and_no_acknowledged_count_is_lost(api
     reports = sorted((cluster["state"] / "reports").glob("*.json"))
     report = json.loads(reports[-1].read_text())
     assert report["result"] == "migrated"
-    assert list(report["phases"]) == ["validate", "prepare", "fence", "freeze", "checkpoint", "transfer",
+    assert list(report["phases"]) == ["validate", "prepare", "stage", "fence", "freeze", "checkpoint", "transfer",
                                       "restore", "verify", "commit"]
     assert report["containers"]["counter"]["checkpoint_bytes"] > MEMORY_MIB << 20
     assert moved.spec.runtime_class_name == "podmigrate"
+    # podmigrate's runtime restored it, not containerd (its restore inside CreateContainer is
+    # off by default from 2.2.7 and gone in 2.4): containerd logged no checkpoint or restore
+    said = node_run(cluster, WORKERS[1], "journalctl -u containerd --since '-10min' -o cat | "
+                                         "grep -i -E 'checkpoint|restor' | grep -v 'starting cri plugin'; true")
+    assert said.strip() == "", said
     # the source's processes were killed while frozen, after the kubelet began to stop them
     assert report["source_end"]["kubelet_signalled"] and report["source_end"]["killed"] >= 1
     events = [e.reason for e in api.list_namespaced_event("default").items
               if e.involved_object.name == "counter" and e.reason.startswith("Migration")]
     assert {"MigrationCheckpoint", "MigrationTransfer", "MigrationCommit"} <= set(events)
+
+
+@pytest.mark.parametrize("where", ["control-plane node", "source node"])
+def test_a_client_holding_one_connection_never_gets_an_answer_the_moved_pod_lacks(api, cluster, counter, where):
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    node = CONTROL_PLANE if where == "control-plane node" else source.spec.node_name
+    probe = Probe(cluster, counter["url"], node=node, mode="keep")
+    run = migrate(cluster, "default/counter", target=target)
+    answers = probe.finish()
+    assert run.rc == 0, run.output[-5000:]
+    assert current(api, "counter").spec.node_name == target
+    values = [a[1] for a in answers if a[1] is not None]
+    # the source was frozen from its checkpoint to the commit: it answered nothing the
+    # restored pod does not have, so no count is answered twice or goes back
+    assert values == sorted(set(values)), f"a count went back or repeated: {values}"
+    # the client held its connection: the source answered it many times before the move
+    first = [a for a in answers if a[1] is not None and a[2] == 1]
+    assert len(first) > 10, answers[:20]
+    assert int(ask(cluster, f"{counter['url']}value")) >= max(values)
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
 
 
 def test_a_second_run_changes_nothing(cluster, counter):
@@ -396,6 +436,74 @@ def test_two_containers_sharing_an_empty_dir_move_together_with_its_content(api,
             delete_pod(api, p.metadata.name)
 
 
+def test_a_file_in_the_containers_own_filesystem_moves_and_a_restored_container_that_exits_restarts(api, cluster):
+    pod = counter_pod("scribe", WORKERS[0], memory_mib=0)
+    pod.spec.containers[0].env += [client.V1EnvVar(name="LOG_FILE", value="/counts"),
+                                   client.V1EnvVar(name="READ_FILE", value="/counts")]
+    api.create_namespaced_pod("default", pod)
+    try:
+        ip = wait_ready(api, "scribe").status.pod_ip
+        for _ in range(3):
+            ask(cluster, f"http://{ip}:8080/")
+        run = migrate(cluster, "default/scribe", target=WORKERS[1])
+        assert run.rc == 0, run.output[-5000:]
+        moved = current(api, "scribe")
+        ip = moved.status.pod_ip
+        # /counts is in the container's writable layer, held open by the counter
+        assert ask(cluster, f"http://{ip}:8080/read").split() == ["1", "2", "3"]
+        assert ask(cluster, f"http://{ip}:8080/") == "4"
+        assert ask(cluster, f"http://{ip}:8080/read").split() == ["1", "2", "3", "4"]
+        # the restored container dies: the kubelet starts it again, from its image
+        node_run(cluster, WORKERS[1], "ctr -n k8s.io tasks kill -s SIGKILL $(ctr -n k8s.io containers ls -q "
+                                      f"'labels.\"io.kubernetes.pod.uid\"=={moved.metadata.uid},"
+                                      "labels.\"io.kubernetes.container.name\"==counter')")
+        deadline = time.monotonic() + 120
+        while True:
+            status = api.read_namespaced_pod(moved.metadata.name, "default").status
+            (state,) = status.container_statuses
+            if state.restart_count >= 1 and state.ready:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert ask(cluster, f"http://{ip}:8080/") == "1"
+        assert ask(cluster, f"http://{ip}:8080/read").split() == ["1"]
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+    finally:
+        for p in api.list_namespaced_pod("default", label_selector="app=scribe").items:
+            delete_pod(api, p.metadata.name)
+
+
+def test_a_pod_whose_image_the_target_lacks_moves_with_its_image(api, cluster, tmp_path):
+    image = "localhost/podmigrate/busybox:brought"
+    write_busybox_image(tmp_path / "busybox.tar", image, ("sh", "sleep"))
+    scp(cluster["state"], tmp_path / "busybox.tar", NODES[WORKERS[0]][0], "/tmp/busybox.tar")
+    node_run(cluster, WORKERS[0], "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
+    listed = "ctr -n k8s.io images ls -q"
+    assert image not in node_run(cluster, WORKERS[1], listed).split()
+    api.create_namespaced_pod("default", client.V1Pod(
+        metadata=client.V1ObjectMeta(name="lonely", labels={"app": "lonely"}),
+        spec=client.V1PodSpec(node_name=WORKERS[0], termination_grace_period_seconds=1, containers=[
+            client.V1Container(name="sleep", image=image, image_pull_policy="Never",
+                               command=["/bin/sleep", "3600"])])))
+    try:
+        wait_ready(api, "lonely")
+        run = migrate(cluster, "default/lonely", target=WORKERS[1])
+        assert run.rc == 0, run.output[-5000:]
+        moved = current(api, "lonely")
+        assert moved.spec.node_name == WORKERS[1] and moved.status.phase == "Running"
+        assert image in node_run(cluster, WORKERS[1], listed).split()
+        report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
+        # brought before the fence, while the pod still ran
+        assert list(report["phases"])[:5] == ["validate", "prepare", "images", "stage", "fence"]
+        assert [b["image"] for b in report["images_brought"]] == [image]
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+    finally:
+        for p in api.list_namespaced_pod("default", label_selector="app=lonely").items:
+            delete_pod(api, p.metadata.name)
+        for name in WORKERS:
+            node_run(cluster, name, f"ctr -n k8s.io images rm {image}; true")
+
+
 # A Redis client on the control-plane node: runs the JSON list of commands in argv[2]
 # against argv[1]:6379, prints the JSON list of replies.
 RESP = r"""
@@ -455,7 +563,7 @@ def refusals(api, cluster, tmp_path_factory):
     w1, w2 = WORKERS
     apps = client.AppsV1Api(api.api_client)
     image = tmp_path_factory.mktemp("refusals") / "busybox.tar"
-    write_busybox_image(image, BUSYBOX, ("sh", "sleep"))
+    write_busybox_image(image, BUSYBOX, ("sh",))
     scp(cluster["state"], image, NODES[w1][0], "/tmp/busybox.tar")
     node_run(cluster, w1, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
     pods = {
@@ -472,10 +580,6 @@ def refusals(api, cluster, tmp_path_factory):
             name="mptcp-on", image=BUSYBOX, image_pull_policy="Never",
             command=["/bin/sh", "-c", "echo 1 > /proc/sys/net/mptcp/enabled"],
             security_context=client.V1SecurityContext(privileged=True))]),
-        # its image is on the first worker only
-        "lonely": client.V1Pod(metadata=client.V1ObjectMeta(name="lonely"), spec=client.V1PodSpec(
-            node_name=w1, termination_grace_period_seconds=1, containers=[client.V1Container(
-                name="sleep", image=BUSYBOX, image_pull_policy="Never", command=["/bin/sleep", "3600"])])),
     }
     pods["hostnet"].spec.containers[0].env.append(client.V1EnvVar(name="PORT", value="18080"))
     pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
@@ -488,7 +592,7 @@ def refusals(api, cluster, tmp_path_factory):
         spec=client.V1ReplicaSetSpec(replicas=1, selector=selector, template=client.V1PodTemplateSpec(
             metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
     try:
-        for name in ("hostnet", "hostpath", "big", "filler", "mptcp", "lonely"):
+        for name in ("hostnet", "hostpath", "big", "filler", "mptcp"):
             wait_ready(api, name)
         deadline = time.monotonic() + 60
         while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
@@ -516,11 +620,9 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/big", None, "no node can take pod default/big"),
     ("default/mptcp", "WORKER2", "container counter: process counter (pid 1 in the container"),
     ("default/mptcp", "WORKER2", ":8080): CRIU cannot dump MPTCP. Let the program use plain TCP"),
-    ("default/lonely", "WORKER2", f"image {BUSYBOX} is not on node WORKER2 (restored containers start"),
 ])
 def test_bad_input_is_refused_before_anything_changes(api, cluster, refusals, pod, target, expected):
     pod = pod.replace("OWNED", refusals["owned"])
-    expected = expected.replace("WORKER2", WORKERS[1])
     target = {"WORKER1": WORKERS[0], "WORKER2": WORKERS[1]}.get(target, target)
     before = sorted((p.metadata.name, p.metadata.uid, p.spec.node_name, p.status.phase)
                     for p in api.list_namespaced_pod("default").items)

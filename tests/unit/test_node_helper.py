@@ -194,3 +194,40 @@ def test_the_upper_directory_of_a_container_rootfs(tmp_path):
     assert node.upper_dir("/run/x/rootfs", str(info)) == "/s/7/fs"
     with pytest.raises(ValueError):
         node.upper_dir("/other", str(info))
+
+
+@pytest.mark.parametrize(("ref", "stored"), [
+    ("redis", "docker.io/library/redis:latest"),
+    ("redis:7", "docker.io/library/redis:7"),
+    ("team/app", "docker.io/team/app:latest"),
+    ("localhost/podmigrate/counter:1", "localhost/podmigrate/counter:1"),
+    ("registry:5000/app", "registry:5000/app:latest"),
+    ("quay.io/x/y@sha256:" + "a" * 64, "quay.io/x/y@sha256:" + "a" * 64),
+])
+def test_an_image_reference_as_containerd_stores_it(ref, stored):
+    assert node.normalized(ref) == stored
+
+
+def test_a_staged_container_waits_for_its_payload_and_gives_up_when_told(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(runtime, "MIGRATIONS", str(tmp_path))
+    spec = {"annotations": {"podmigrate.io/restore": "m1", "io.kubernetes.cri.container-type": "container",
+                            "io.kubernetes.cri.container-name": "app"}}
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m1" / "expect").write_text(f"{time.time() + 60:.0f}\n")
+    arrive = threading.Timer(0.3, lambda: (tmp_path / "m1" / "payload" / "app" / "images").mkdir(parents=True))
+    arrive.start()
+    started = time.monotonic()
+    assert runtime.restore_source(spec) == (str(tmp_path / "m1" / "payload"), "app")
+    assert time.monotonic() - started >= 0.25 and (tmp_path / "m1" / "waiting.app").exists()
+    # abandoned: told so, or past its deadline; never an ordinary start in its place
+    other = {"annotations": dict(spec["annotations"], **{"io.kubernetes.cri.container-name": "side"})}
+    (tmp_path / "m1" / "abort").touch()
+    with pytest.raises(runtime.Aborted):
+        runtime.restore_source(other)
+    (tmp_path / "m1" / "abort").unlink()
+    (tmp_path / "m1" / "expect").write_text(f"{time.time() - 1:.0f}\n")
+    with pytest.raises(runtime.Aborted):
+        runtime.restore_source(other)

@@ -10,7 +10,8 @@ arguments), with two exceptions for a container the migration engine is restorin
 
   create   the container's pod names a migration (pod annotation ``podmigrate.io/restore``,
            passed into the container's OCI spec by the handler's ``pod_annotations``) and
-           that migration's payload on this node holds the container's CRIU images: the
+           that migration's payload on this node holds the container's CRIU images (a pod
+           the engine staged before the freeze waits here until they have arrived): the
            pod's emptyDir contents are unpacked into its volumes (once per pod), the
            container's writable-layer changes are applied to the rootfs containerd
            mounted, and ``runc restore --detach`` restores the processes into the bundle
@@ -33,6 +34,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 
 MIGRATIONS = os.environ.get("PODMIGRATE_MIGRATIONS", "/var/lib/podmigrate/migrations")
 RESTORE_ANNOTATION = "podmigrate.io/restore"
@@ -86,8 +88,17 @@ def create_options(args):
     return opts, cid
 
 
-def restore_source(spec):
-    """(payload dir, container name) of a container to restore, or None for an ordinary one."""
+class Aborted(Exception):
+    pass
+
+
+def restore_source(spec, poll=0.005):
+    """(payload dir, container name) of a container to restore, or None for an ordinary one.
+
+    A container of a pod the engine staged before the freeze (the migration's ``expect``
+    file, holding a deadline, is there) waits here until its payload has arrived, and fails
+    (Aborted) when the migration is abandoned (its ``abort`` file, or the deadline): it never
+    starts afresh in the place of a pod being restored."""
     annotations = spec.get("annotations") or {}
     mid = annotations.get(RESTORE_ANNOTATION)
     name = annotations.get("io.kubernetes.cri.container-name")
@@ -95,10 +106,26 @@ def restore_source(spec):
         return None
     if not (SAFE.match(mid) and name and SAFE.match(name)):
         return None
-    payload = os.path.join(MIGRATIONS, mid, "payload")
+    directory = os.path.join(MIGRATIONS, mid)
+    payload = os.path.join(directory, "payload")
     images = os.path.join(payload, name, "images")
-    if not os.path.isdir(images) or os.path.exists(os.path.join(payload, name, "restored")):
-        return None
+    if os.path.exists(os.path.join(payload, name, "restored")):
+        return None  # restarted after its restore: from its image, as any container
+    expect = os.path.join(directory, "expect")
+    if not os.path.isdir(images):
+        if not os.path.exists(expect):
+            return None  # nothing of that migration here (long ended): an ordinary container
+        with open(os.path.join(directory, f"waiting.{name}"), "w"):
+            pass
+        while not os.path.isdir(images):
+            try:
+                with open(expect) as f:
+                    deadline = float(f.read().strip() or 0)
+            except (OSError, ValueError):
+                deadline = 0
+            if os.path.exists(os.path.join(directory, "abort")) or time.time() > deadline:
+                raise Aborted(f"migration {mid} was abandoned before its payload arrived")
+            time.sleep(poll)
     return payload, name
 
 
@@ -196,7 +223,11 @@ def restore(global_opts, args):
     bundle = opts.get("--bundle", ".")
     with open(os.path.join(bundle, "config.json")) as f:
         spec = json.load(f)
-    found = restore_source(spec)
+    try:
+        found = restore_source(spec)
+    except Aborted as exc:
+        print(f"podmigrate-runtime: {exc}", file=sys.stderr)
+        return 1
     if found is None or not cid:
         return None
     payload, name = found

@@ -34,6 +34,7 @@ both nodes in every case.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -102,6 +103,32 @@ class Node:
 
     def helper(self, *args, **kw):
         return self.run(" ".join([HELPER, *(shlex.quote(str(a)) for a in args)]), **kw)
+
+    def pipe(self, command, other, other_command, timeout=600):
+        """Run ``command`` here with its output fed to ``other_command`` on ``other``; the
+        bytes that went through (they pass the controller, never a file)."""
+        sender = subprocess.Popen(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        receiver = subprocess.Popen(["ssh", *other.ssh_options(), f"{other.user}@{other.host}", other_command],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        size = 0
+        try:
+            while chunk := sender.stdout.read(1 << 20):
+                size += len(chunk)
+                receiver.stdin.write(chunk)
+        except BrokenPipeError:
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                receiver.stdin.close()
+        _, received_err = receiver.communicate(timeout=timeout)
+        sent_err = sender.stderr.read()
+        sender.wait(timeout=timeout)
+        for node, proc, cmd, err in ((self, sender, command, sent_err), (other, receiver, other_command, received_err)):
+            if proc.returncode != 0:
+                raise NodeError(f"{node.name}: `{cmd}` failed ({proc.returncode}): "
+                                f"{err.decode(errors='replace').strip()[-600:]}")
+        return size
 
 
 class Migration:
@@ -227,10 +254,13 @@ class Migration:
                                                 "(run site.yml, or playbooks/nodes.yml, again)"])
         # what CRIU would refuse to dump, found before the fence (CRIU itself finds it only in the dump)
         problems += preflight.problems(json.loads(self.source.helper("preflight", pod["metadata"]["uid"])))
+        # restored containers start from their own images, which are never pulled: those the
+        # target lacks are brought from the source before the freeze
         images = sorted({c["image"] for c in pod["spec"]["containers"]})
-        missing = json.loads(self.target.helper("images-present", *images))["missing"]
-        problems += [f"image {image} is not on node {self.target.name} (restored containers start from "
-                     "their own image, which is never pulled)" for image in missing]
+        self.bring = json.loads(self.target.helper("images-present", *images))["missing"]
+        lost = json.loads(self.source.helper("images-present", *self.bring))["missing"] if self.bring else []
+        problems += [f"image {image} is on neither node: node {self.target.name} lacks it and the "
+                     f"source's containerd no longer has it to bring" for image in lost]
         if self.smb:
             for node in (self.source, self.target):
                 try:
@@ -287,6 +317,22 @@ class Migration:
                 raise NodeError(f"{self.target.name} does not see what {self.source.name} writes to {self.share_dir}: "
                                 "is the share mounted on both?")
 
+    def bring_images(self):
+        """The pod's images the target lacks, from the source's containerd to the target's
+        (ctr export | ctr import), while the pod still runs."""
+        brought = []
+        for image in self.bring:
+            self.undo.append((f"remove the brought image {image}", lambda i=image: self.target.run(
+                f"ctr -n k8s.io images rm {shlex.quote(i)}", check=False)))
+            size = self.source.pipe(f"ctr -n k8s.io images export --platform linux/amd64 - {shlex.quote(image)}",
+                                    self.target, "ctr -n k8s.io images import --platform linux/amd64 -",
+                                    timeout=self.timeout)
+            brought.append({"image": image, "bytes": size})
+        missing = json.loads(self.target.helper("images-present", *self.bring))["missing"] if self.bring else []
+        if missing:
+            raise NodeError(f"node {self.target.name} still lacks {', '.join(missing)} after the import")
+        self.report["images_brought"] = brought
+
     def fence(self):
         if not self.pod_ip:
             return
@@ -339,12 +385,33 @@ class Migration:
                            timeout=self.timeout)
         return sent
 
-    def restore(self):
+    def stage(self):
+        """The restored pod created on the target before the freeze: the kubelet admits it and
+        sets up its sandbox, network and volumes while the source still runs; podmigrate's
+        runtime holds its first container until the payload has arrived (the ``expect``
+        file, with a deadline). So none of that is downtime."""
+        deadline = time.time() + 3 * self.timeout
+        self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
         manifest = migration.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
         self.restored_name = manifest["metadata"]["name"]
-        self.undo.append(("delete the restored pod", self.delete_restored))
+        self.undo.append(("delete the restored pod", self.abandon_restored))
         self.core.create_namespaced_pod(self.namespace, manifest)
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
+        first = self.containers[0]
+        waited = time.monotonic() + self.timeout
+        while self.target.run(f"test -e {self.directory}/waiting.{first} && echo yes", check=False).strip() != "yes":
+            pod = self.as_dict(self.core.read_namespaced_pod(self.restored_name, self.namespace))
+            problem = migration.restored_problem(pod, self.containers) or ""
+            if problem.startswith("failed:") or time.monotonic() > waited:
+                raise NodeError(f"restored pod {self.restored_name} was never ready to restore: "
+                                f"{problem.removeprefix('failed: ') or 'its runtime did not start waiting'}")
+            time.sleep(0.05)
+
+    def abandon_restored(self):
+        """The staged or restored pod deleted: its runtime first told to give up waiting (a
+        container of it must never start afresh)."""
+        self.target.run(f"touch {self.directory}/abort", check=False)
+        self.delete_restored()
 
     def delete_restored(self):
         from kubernetes.client.rest import ApiException
@@ -382,9 +449,13 @@ class Migration:
                 raise NodeError(f"{what} {self.restored_name}: {problem.removeprefix('failed: ')}")
             time.sleep(0.1)
 
+    def restore(self):
+        """The payload is there: the runtime restores each container as the kubelet creates
+        it; until the pod is Running and Ready."""
+        self.restored_uid = self.wait_running()["metadata"]["uid"]
+
     def verify(self):
-        pod = self.wait_running()
-        restored = json.loads(self.target.helper("restored", self.id, pod["metadata"]["uid"]))
+        restored = json.loads(self.target.helper("restored", self.id, self.restored_uid))
         fresh = [c for c in self.containers if not restored.get(c)]
         if fresh:
             raise NodeError(f"restored pod {self.restored_name}: container(s) {', '.join(fresh)} "
@@ -440,6 +511,9 @@ class Migration:
         self.phase("validate", self.validate)
         self.event("MigrationStarted", f"moving to {self.target.name} ({self.transfer} transfer)")
         self.phase("prepare", self.prepare)
+        if self.bring:
+            self.phase("images", self.bring_images)
+        self.phase("stage", self.stage)
         self.phase("fence", self.fence)
         frozen = time.monotonic()
         self.phase("freeze", self.freeze)
@@ -450,7 +524,8 @@ class Migration:
         self.report["frozen_seconds"] = round(time.monotonic() - frozen, 3)
         # the commit point: from here the restored pod stays and the source is never thawed;
         # the fence goes once the source is gone
-        self.undo = [u for u in self.undo if u[0] not in ("delete the restored pod", "thaw the source")]
+        self.undo = [u for u in self.undo if u[0] not in ("delete the restored pod", "thaw the source")
+                     and not u[0].startswith("remove the brought image")]
         self.phase("commit", self.end_frozen_source)
 
     def cleanup(self):

@@ -11,7 +11,9 @@ description:
   - Runs podmigrate's migration engine (C(module_utils/engine.py)) on the controller, which
     talks to the API server and reaches the nodes over SSH.
   - Refuses with every problem listed, changing nothing, when the pod cannot move. Any later
-    failure rolls back to the source pod, which keeps running until the restored one is verified.
+    failure rolls back to the source pod, which is frozen from its checkpoint until the
+    restored one is verified, and thawed on a rollback.
+  - The phases are described in C(docs/migration.md).
   - Writes a JSON report with per-phase timings under I(report_dir).
 version_added: "0.1.0"
 author: podmigrate contributors
@@ -65,13 +67,14 @@ options:
     description: File the engine appends its progress lines to while it runs.
     type: path
   timeout:
-    description: Seconds allowed to each of checkpoint, transfer, import and restore.
+    description: Seconds allowed to each of checkpoint, transfer and restore.
     type: int
     default: 600
   profile:
     description:
-      - The cluster's runtime profile (C(podmigrate_profile)). C(upstream) checkpoints and
-        restores through the kubelet checkpoint API and containerd (the phases above).
+      - The cluster's runtime profile (C(podmigrate_profile)). C(upstream) freezes the pod,
+        checkpoints it with runc and CRIU on its node and restores it through the
+        C(podmigrate) RuntimeClass (C(docs/migration.md)).
       - C(seed-fork) migrates as the original tutorial does on its forked Kubernetes v1.19
         (C(docs/seed-fork.md)) by creating the clone pod (C(spec.clonePod) naming
         the source, the same containers, C(restartPolicy=Never)) on the target and waiting
