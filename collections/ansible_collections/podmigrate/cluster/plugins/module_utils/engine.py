@@ -13,6 +13,10 @@ an Event on the pod):
               CRIU could not dump in the pod's processes (module_utils.preflight), and the
               pod's images on the target
   prepare     migration directories, the one-time SSH key for the direct stream
+  images      (when needed) the pod's images the target lacks, from the source's containerd
+  stage       the restored pod created on the target, its sandbox, network and volumes set
+              up while the source runs; podmigrate's runtime holds its containers until
+              the payload arrives
   fence       new connections to the source pod refused
   freeze      every container of the source pod frozen at once (its freezer cgroup): from
               here to the commit the source answers nothing the restored pod will not have
@@ -22,14 +26,15 @@ an Event on the pod):
               share: one tar file through a directory both nodes mount, or an SMB share
               (Azure Files) the node helper reaches with an SMB client library: uploaded,
               read back from the share, then downloaded, size and sha256 checked
-  restore     the restored pod on the target (labels kept, RuntimeClass podmigrate: the
-              runtime restores each container from the payload where containerd creates it)
-  verify      Running, Ready, every container restored by podmigrate's runtime
+  restore     the staged pod (labels kept, RuntimeClass podmigrate) restored: the runtime
+              restores each container from the payload where containerd creates it;
+              until it is Running and Ready
+  verify      every container restored by podmigrate's runtime, none started afresh
   commit      the source pod deleted, its frozen processes killed without running again
 
-Any failure before the commit rolls back: the restored pod is removed, the source thawed
-and the fence lifted; the source goes on where it stopped. Migration files are removed on
-both nodes in every case.
+Any failure before the commit rolls back: the restored pod is removed, the source thawed,
+the fence lifted, a brought image removed; the source goes on where it stopped. Migration
+files are removed on both nodes in every case. docs/migration.md describes every phase.
 """
 
 from __future__ import annotations
