@@ -260,9 +260,9 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     assert leftovers(cluster) == {w: [] for w in WORKERS}
 
 
-# runc checkpoints and restores through CRIU: without it the kubelet's checkpoint fails on
-# the source, or CRI's restore on the target, for real; a CRIU that runs and fails (an
-# action script that fails) leaves its log, whose end the error shows
+# runc checkpoints and restores through CRIU, and the target's page server is CRIU: without
+# it the dump fails on the source, or the page server on the target, for real; a CRIU that
+# runs and fails (an action script that fails) leaves its log, whose end the error shows
 BREAK = {"cannot run": ("chmod a-x /usr/sbin/criu", "chmod 0755 /usr/sbin/criu"),
          "fails": ("cp /etc/criu/runc.conf /etc/criu/runc.conf.orig && "
                    "echo 'action-script /bin/false' >> /etc/criu/runc.conf",
@@ -270,7 +270,10 @@ BREAK = {"cannot run": ("chmod a-x /usr/sbin/criu", "chmod 0755 /usr/sbin/criu")
 
 
 @pytest.mark.parametrize(("broken", "how", "expected"), [
-    ("target", "cannot run", ["restored pod counter-"]),
+    # the target's page server is CRIU: the dump fails, streaming to it
+    ("target", "cannot run", ["the target's page server for counter did not start"]),
+    # the target's restore (runc restore reads runc.conf; the page server does not)
+    ("target", "fails", ["restored pod counter-"]),
     ("source", "cannot run", ["checkpoint of counter failed"]),
     ("source", "fails", ["checkpoint of counter failed", "CRIU's log:", "action scripts failed"])])
 def test_a_node_whose_criu_fails_rolls_back_to_the_running_source(api, cluster, counter, broken, how, expected):

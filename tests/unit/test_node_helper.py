@@ -73,7 +73,9 @@ def test_a_cut_stream_is_reported_as_such_and_leaves_no_payload(tmp_path):
     assert not (tmp_path / "m1" / "payload").exists()
 
 
-@pytest.mark.parametrize("command", ["rm -rf /", "receive ../x payload", "receive m1 ../../etc/passwd", ""])
+@pytest.mark.parametrize("command", ["rm -rf /", "receive ../x payload", "receive m1 ../../etc/passwd", "",
+                                     "page-server ../x app 4000", "page-server m1 ../app 4000",
+                                     "page-server m1 app 4000; sh", "pack m1"])
 def test_the_forced_command_only_receives_into_a_migration_directory(tmp_path, command):
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), SSH_ORIGINAL_COMMAND=command)
     res = subprocess.run([sys.executable, str(HELPER), "forced"], input=b"", capture_output=True, env=env, check=False)
@@ -231,3 +233,13 @@ def test_a_staged_container_waits_for_its_payload_and_gives_up_when_told(tmp_pat
     (tmp_path / "m1" / "expect").write_text(f"{time.time() - 1:.0f}\n")
     with pytest.raises(runtime.Aborted):
         runtime.restore_source(other)
+
+
+def test_an_abandoned_migration_restores_nothing_even_with_its_payload_here(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "MIGRATIONS", str(tmp_path))
+    spec = {"annotations": {"podmigrate.io/restore": "m1", "io.kubernetes.cri.container-type": "container",
+                            "io.kubernetes.cri.container-name": "app"}}
+    (tmp_path / "m1" / "payload" / "app" / "images").mkdir(parents=True)
+    (tmp_path / "m1" / "abort").touch()
+    with pytest.raises(runtime.Aborted):
+        runtime.restore_source(spec)

@@ -111,6 +111,8 @@ def restore_source(spec, poll=0.005):
     images = os.path.join(payload, name, "images")
     if os.path.exists(os.path.join(payload, name, "restored")):
         return None  # restarted after its restore: from its image, as any container
+    if os.path.exists(os.path.join(directory, "abort")):
+        raise Aborted(f"migration {mid} was abandoned")
     expect = os.path.join(directory, "expect")
     if not os.path.isdir(images):
         if not os.path.exists(expect):

@@ -103,7 +103,7 @@ class Node:
                              capture_output=True, timeout=timeout, check=False)
         if check and res.returncode != 0:
             raise NodeError(f"{self.name}: `{command}` failed ({res.returncode}): "
-                            f"{res.stderr.decode(errors='replace').strip()[-600:]}")
+                            f"{res.stderr.decode(errors='replace').strip()[-2000:]}")
         return res.stdout.decode(errors="replace")
 
     def helper(self, *args, **kw):
@@ -115,7 +115,7 @@ class Node:
         sender = subprocess.Popen(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         receiver = subprocess.Popen(["ssh", *other.ssh_options(), f"{other.user}@{other.host}", other_command],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         size = 0
         try:
             while chunk := sender.stdout.read(1 << 20):
@@ -126,7 +126,8 @@ class Node:
         finally:
             with contextlib.suppress(BrokenPipeError):
                 receiver.stdin.close()
-        _, received_err = receiver.communicate(timeout=timeout)
+        received_err = receiver.stderr.read()
+        receiver.wait(timeout=timeout)
         sent_err = sender.stderr.read()
         sender.wait(timeout=timeout)
         for node, proc, cmd, err in ((self, sender, command, sent_err), (other, receiver, other_command, received_err)):
@@ -296,7 +297,12 @@ class Migration:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             host_key = self.target.run("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
-            entry = (f'restrict,from="{self.source_ip}",command="{HELPER} forced" {public}')
+            # the one port the key may forward to: where the target's page server listens
+            self.page_port = int(self.target.run(
+                "python3 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); "
+                "print(s.getsockname()[1])'").strip())
+            entry = (f'restrict,port-forwarding,permitopen="127.0.0.1:{self.page_port}",from="{self.source_ip}",'
+                     f'command="{HELPER} forced" {public}')
             self.target.run(f"umask 077; mkdir -p {os.path.dirname(AUTHORIZED_KEYS)}; "
                             f"cat >> {AUTHORIZED_KEYS}", stdin=(entry + "\n").encode())
             self.undo.append(("remove the one-time key", lambda: self.target.run(
@@ -351,11 +357,16 @@ class Migration:
 
     def checkpoint(self):
         volumes = [a for v in self.volumes for a in ("--volume", v)]
-        dumped = json.loads(self.source.helper("dump", self.uid, self.id, *volumes, timeout=self.timeout))
+        stream = []
+        if self.transfer == "direct":
+            # the memory pages go to the target's page server as CRIU dumps them
+            stream = ["--to", self.target_ip, "--key", f"{self.directory}/key",
+                      "--known-hosts", f"{self.directory}/known_hosts", "--port", self.page_port]
+        dumped = json.loads(self.source.helper("dump", self.uid, self.id, *volumes, *stream, timeout=self.timeout))
         for name, entry in dumped["containers"].items():
             self.report["containers"].setdefault(name, {}).update(
                 checkpoint_bytes=entry["image_bytes"], rootfs_bytes=entry["rootfs_bytes"],
-                dump_seconds=entry["dump_seconds"])
+                streamed_bytes=entry["streamed_bytes"], dump_seconds=entry["dump_seconds"])
         if "volumes" in dumped:
             self.report["volumes"] = dumped["volumes"]
 
@@ -549,7 +560,8 @@ class Migration:
         volumes = self.report.get("volumes") or {}
         raw = sum(c.get("checkpoint_bytes", 0) + c.get("rootfs_bytes", 0)
                   for c in self.report["containers"].values()) + volumes.get("bytes", 0)
-        sent = (self.report.get("transfer_detail") or {}).get("sent_bytes", 0)
+        sent = (self.report.get("transfer_detail") or {}).get("sent_bytes", 0) + \
+            sum(c.get("streamed_bytes", 0) for c in self.report["containers"].values())
         transfer = self.report["phases"].get("transfer")
         self.report.update(checkpoint_bytes=raw, sent_bytes=sent)
         if transfer:
@@ -569,7 +581,7 @@ class Migration:
         os.makedirs(self.report_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.report_dir, f"{self.id}.json")
         with open(path, "w") as f:
-            json.dump(self.report, f, indent=2, sort_keys=True)
+            json.dump(self.report, f, indent=2)  # the phases in the order they ran
         self.report["report"] = path
 
 
