@@ -21,8 +21,9 @@ an Event on the pod):
   freeze      every container of the source pod frozen at once (its freezer cgroup): from
               here to the commit the source answers nothing the restored pod will not have
   checkpoint  each container dumped by runc/CRIU (left frozen), its writable-layer changes
-              and the pod's emptyDir volumes, while frozen
-  transfer    direct: source -> target over SSH, tar + zstd, sha256 checked, retried;
+              and the pod's emptyDir volumes, while frozen; with the direct transfer the
+              memory pages stream to the target's CRIU page server through SSH as dumped
+  transfer    direct: the rest, source -> target over SSH, tar + zstd, sha256 checked, retried;
               share: one tar file through a directory both nodes mount, or an SMB share
               (Azure Files) the node helper reaches with an SMB client library: uploaded,
               read back from the share, then downloaded, size and sha256 checked
