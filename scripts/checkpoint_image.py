@@ -2,11 +2,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A checkpoint image, as the upstream recipe builds it with buildah, for the benchmark.
 
-  python3 - ARCHIVE NAME CONTAINER < checkpoint_image.py | ctr -n k8s.io images import -
+  python3 - ARCHIVE NAME CONTAINER BASE < checkpoint_image.py | ctr -n k8s.io images import -
 
 Writes to stdout an OCI image layout (tar) named NAME whose one layer is the kubelet's
-checkpoint ARCHIVE as it is, annotated with the container's name as CRI-O and containerd
-read it. `scripts/bench` runs it on the source node (its `registry` method); migrations
+checkpoint ARCHIVE, annotated with the container's name as CRI-O and containerd read it.
+containerd 2.1's restore pulls the base image by the reference config.dump records, which
+is a bare image id (containerd issues 11901, 12876); the layer's config.dump names BASE
+(the base image by digest in the registry) instead, as a recipe with a registry must.
+`scripts/bench` runs it on the source node (its `registry` method); migrations
 do not use checkpoint images. Standard library only: it runs with the node's python3.
 """
 
@@ -42,12 +45,43 @@ def _add(tar, name, data=None, path=None):
         tar.addfile(info, f)
 
 
-def write(archive, name, container, out):
+def rebased(archive, base, out_path):
+    """A copy of the checkpoint ARCHIVE whose config.dump names the base image BASE; its sha256."""
     digest = hashlib.sha256()
-    with open(archive, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    layer = "sha256:" + digest.hexdigest()
+
+    class Hashing:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            digest.update(data)
+            return self.f.write(data)
+
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f, tarfile.open(archive) as src, \
+            tarfile.open(fileobj=Hashing(f), mode="w|", format=tarfile.PAX_FORMAT) as dst:
+        for member in src:
+            if member.name.lstrip("./") == "config.dump":
+                dump = json.loads(src.extractfile(member).read())
+                data = json.dumps(dict(dump, rootfsImageRef=base)).encode()
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+            else:
+                dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+    return "sha256:" + digest.hexdigest()
+
+
+def write(archive, name, container, base, out):
+    layer_path = archive + ".layer"
+    try:
+        layer = rebased(archive, base, layer_path)
+        _write(layer_path, layer, name, container, out)
+    finally:
+        if os.path.exists(layer_path):
+            os.unlink(layer_path)
+
+
+def _write(archive, layer, name, container, out):
     config = _json({"architecture": "amd64", "os": "linux", "config": {},
                     "rootfs": {"type": "layers", "diff_ids": [layer]}, "created": "1970-01-01T00:00:00Z"})
     annotations = dict.fromkeys(ANNOTATIONS, container)
@@ -71,4 +105,4 @@ def write(archive, name, container, out):
 
 
 if __name__ == "__main__":
-    write(sys.argv[1], sys.argv[2], sys.argv[3], sys.stdout.buffer)
+    write(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.stdout.buffer)
