@@ -131,4 +131,3 @@ def test_the_migration_helper_and_podmigrates_runtime_handler(host):
     # an ordinary command goes straight to runc
     assert host.check_output("/usr/local/libexec/podmigrate/podmigrate_runtime.py --version") == \
         host.check_output("runc --version")
-    assert not host.file("/etc/systemd/system/podmigrate-manifests.service").exists
