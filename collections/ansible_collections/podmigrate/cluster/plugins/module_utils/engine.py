@@ -285,7 +285,7 @@ class Migration:
         directory = self.directory
         for node in (self.source, self.target):
             node.run(f"install -d -m 0700 {MIGRATIONS} {directory}")
-            self.undo.append(("remove files", lambda n=node: n.run(f"rm -rf {directory}", check=False)))
+            self.always(("remove files", lambda n=node: n.run(f"rm -rf {directory}", check=False)))
         if self.transfer == "direct":
             work = tempfile.mkdtemp(prefix="podmigrate-key-")
             try:
@@ -306,14 +306,14 @@ class Migration:
                      f'command="{HELPER} forced" {public}')
             self.target.run(f"umask 077; mkdir -p {os.path.dirname(AUTHORIZED_KEYS)}; "
                             f"cat >> {AUTHORIZED_KEYS}", stdin=(entry + "\n").encode())
-            self.undo.append(("remove the one-time key", lambda: self.target.run(
+            self.always(("remove the one-time key", lambda: self.target.run(
                 f"sed -i '/ podmigrate-{self.id}$/d' {AUTHORIZED_KEYS}", check=False)))
             self.source.run(f"umask 077; cat > {directory}/key", stdin=private.encode())
             self.source.run(f"umask 077; cat > {directory}/known_hosts",
                             stdin=f"{self.target_ip} {host_key[0]} {host_key[1]}\n".encode())
         elif self.smb:
             # the target must read what the source writes to the share, checked as a checkpoint is
-            self.undo.append(("remove the share's files", lambda: self.source.helper("smb-rm", self.id, check=False)))
+            self.always(("remove the share's files", lambda: self.source.helper("smb-rm", self.id, check=False)))
             probe = f"{directory}/probe"
             self.source.run(f"echo {self.id} > {probe}")
             self.share_copy(probe, "probe", probe)
@@ -323,7 +323,7 @@ class Migration:
             self.share = f"{self.share_dir}/{self.id}"
             quoted = shlex.quote(self.share)
             self.source.run(f"install -d -m 0700 {quoted} && echo {self.id} > {quoted}/probe")
-            self.undo.append(("remove the share's files", lambda: self.source.run(f"rm -rf {quoted}", check=False)))
+            self.always(("remove the share's files", lambda: self.source.run(f"rm -rf {quoted}", check=False)))
             seen = self.target.run(f"cat {quoted}/probe", check=False).strip()
             if seen != self.id:
                 raise NodeError(f"{self.target.name} does not see what {self.source.name} writes to {self.share_dir}: "
@@ -334,7 +334,7 @@ class Migration:
         (ctr export | ctr import), while the pod still runs."""
         brought = []
         for image in self.bring:
-            self.undo.append((f"remove the brought image {image}", lambda i=image: self.target.run(
+            self.on_rollback((f"remove the brought image {image}", lambda i=image: self.target.run(
                 f"ctr -n k8s.io images rm {shlex.quote(i)}", check=False)))
             size = self.source.pipe(f"ctr -n k8s.io images export --platform linux/amd64 - {shlex.quote(image)}",
                                     self.target, "ctr -n k8s.io images import --platform linux/amd64 -",
@@ -348,11 +348,11 @@ class Migration:
     def fence(self):
         if not self.pod_ip:
             return
-        self.undo.append(("lift the fence", lambda: self.source.helper("unfence", self.id, check=False)))
+        self.always(("lift the fence", lambda: self.source.helper("unfence", self.id, check=False)))
         self.source.helper("fence", self.pod_ip, self.id)
 
     def freeze(self):
-        self.undo.append(("thaw the source", lambda: self.source.helper("thaw", self.uid)))
+        self.on_rollback(("thaw the source", lambda: self.source.helper("thaw", self.uid)))
         frozen = json.loads(self.source.helper("freeze", self.uid, self.id))
         self.report["freeze_seconds"] = frozen["seconds"]
 
@@ -411,7 +411,7 @@ class Migration:
         self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
         manifest = migration.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
         self.restored_name = manifest["metadata"]["name"]
-        self.undo.append(("delete the restored pod", self.abandon_restored))
+        self.on_rollback(("delete the restored pod", self.abandon_restored))
         self.core.create_namespaced_pod(self.namespace, manifest)
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
         first = self.containers[0]
@@ -541,13 +541,23 @@ class Migration:
         self.report["frozen_seconds"] = round(time.monotonic() - frozen, 3)
         # the commit point: from here the restored pod stays and the source is never thawed;
         # the fence goes once the source is gone
-        self.undo = [u for u in self.undo if u[0] not in ("delete the restored pod", "thaw the source")
-                     and not u[0].startswith("remove the brought image")]
+        self.pass_commit_point()
         self.phase("commit", self.end_frozen_source)
+
+    def always(self, step):
+        """(what, function): undone when the migration ends, whichever way."""
+        self.undo.append((*step, False))
+
+    def on_rollback(self, step):
+        """(what, function): undone only if the migration fails before its commit point."""
+        self.undo.append((*step, True))
+
+    def pass_commit_point(self):
+        self.undo = [u for u in self.undo if not u[2]]
 
     def cleanup(self):
         errors = []
-        for what, undo in reversed(self.undo):
+        for what, undo, _ in reversed(self.undo):
             try:
                 undo()
             except Exception as exc:

@@ -64,7 +64,7 @@ class CloneMigration(engine.Migration):
 
     def clone(self):
         self.restored_name = self.manifest["metadata"]["name"]
-        self.undo.append(("delete the restored pod", self.delete_restored))
+        self.on_rollback(("delete the restored pod", self.delete_restored))
         stored = self.create()
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
         if (stored.get("spec") or {}).get("clonePod") != self.name:
@@ -97,7 +97,7 @@ class CloneMigration(engine.Migration):
             self.cleanup()
             raise engine.NodeError(f"{exc}; the clone was deleted; {self.source_state()}") from exc
         # the commit point: the clone runs; only now is the source given up
-        self.undo = [u for u in self.undo if u[0] != "delete the restored pod"]
+        self.pass_commit_point()
         self.phase("commit", self.commit)
 
 
