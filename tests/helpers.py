@@ -10,8 +10,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / "collections"
-if str(COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(COLLECTIONS))
+# the node helper's sources (its package and podmigrate_runtime.py), as its archive holds them
+NODE_FILES = ROOT / "roles" / "migration_node" / "files"
+for path in (COLLECTIONS, NODE_FILES):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -11,7 +11,8 @@ import os
 
 import pytest
 import testinfra
-from helpers import VENV_BIN
+from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
+from helpers import NODE_FILES, VENV_BIN
 
 from integration.nodes import NODES
 
@@ -114,6 +115,9 @@ def test_the_migration_helper_and_podmigrates_runtime_handler(host):
     for name in ("podmigrate-node", "podmigrate_runtime.py"):
         helper = host.file(f"/usr/local/libexec/podmigrate/{name}")
         assert helper.is_file and helper.mode == 0o755 and helper.user == "root"
+    # the helper built from this checkout's modules, its runtime beside it
+    assert host.check_output("/usr/local/libexec/podmigrate/podmigrate-node version") == \
+        nodehelper.digest(str(NODE_FILES))
     assert host.file("/var/lib/podmigrate/migrations").mode == 0o700
     keys = host.file("/etc/podmigrate/authorized_keys")
     assert keys.mode == 0o600 and keys.user == "root"

@@ -5,8 +5,6 @@ as overlayfs shows them, a runc command line taken apart, the freezer a process 
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
-import importlib.util
 import io
 import json
 import os
@@ -14,24 +12,10 @@ import subprocess
 import sys
 import tarfile
 
+import podmigrate_runtime as runtime
 import pytest
-from helpers import ROOT
-
-FILES = ROOT / "roles" / "migration_node" / "files"
-HELPER = FILES / "podmigrate-node"
-RUNTIME = FILES / "podmigrate_runtime.py"
-
-
-def load(path, name):
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-node = load(HELPER, "podmigrate_node")
-runtime = load(RUNTIME, "podmigrate_runtime")
+from helpers import NODE_FILES as FILES
+from podmigrate_node import pod
 
 
 def tar_of(tree):
@@ -45,13 +29,13 @@ def tar_of(tree):
     return out.getvalue()
 
 
-def test_receive_unpacks_the_decompressed_stream_root_only_and_reports_its_checksum(tmp_path):
+def test_receive_unpacks_the_decompressed_stream_root_only_and_reports_its_checksum(tmp_path, node_helper):
     (tmp_path / "m1").mkdir(mode=0o700)
     stream = tar_of({"./counter/images/pages-1.img": os.urandom(200_000) + b"\0" * 500_000,
                      "./volumes.tar": b"v" * 1000})
     compressed = subprocess.run(["zstd", "-1", "-c"], input=stream, capture_output=True, check=True).stdout
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path))
-    res = subprocess.run([sys.executable, str(HELPER), "receive", "m1", "payload"], input=compressed,
+    res = subprocess.run([sys.executable, str(node_helper), "receive", "m1", "payload"], input=compressed,
                          capture_output=True, env=env, check=True)
     answer = json.loads(res.stdout)
     payload = tmp_path / "m1" / "payload"
@@ -62,12 +46,12 @@ def test_receive_unpacks_the_decompressed_stream_root_only_and_reports_its_check
                       "wire_bytes": len(compressed)}
 
 
-def test_a_cut_stream_is_reported_as_such_and_leaves_no_payload(tmp_path):
+def test_a_cut_stream_is_reported_as_such_and_leaves_no_payload(tmp_path, node_helper):
     (tmp_path / "m1").mkdir(mode=0o700)
     stream = tar_of({"big": os.urandom(300_000)})
     compressed = subprocess.run(["zstd", "-1", "-c"], input=stream, capture_output=True, check=True).stdout
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path))
-    res = subprocess.run([sys.executable, str(HELPER), "receive", "m1", "payload"], input=compressed[:100_000],
+    res = subprocess.run([sys.executable, str(node_helper), "receive", "m1", "payload"], input=compressed[:100_000],
                          capture_output=True, env=env, check=False)
     assert res.returncode != 0 and b"cut" in res.stderr
     assert not (tmp_path / "m1" / "payload").exists()
@@ -76,27 +60,28 @@ def test_a_cut_stream_is_reported_as_such_and_leaves_no_payload(tmp_path):
 @pytest.mark.parametrize("command", ["rm -rf /", "receive ../x payload", "receive m1 ../../etc/passwd", "",
                                      "page-server ../x app 4000", "page-server m1 ../app 4000",
                                      "page-server m1 app 4000; sh", "pack m1"])
-def test_the_forced_command_only_receives_into_a_migration_directory(tmp_path, command):
+def test_the_forced_command_only_receives_into_a_migration_directory(tmp_path, command, node_helper):
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), SSH_ORIGINAL_COMMAND=command)
-    res = subprocess.run([sys.executable, str(HELPER), "forced"], input=b"", capture_output=True, env=env, check=False)
+    res = subprocess.run([sys.executable, str(node_helper), "forced"], input=b"", capture_output=True, env=env,
+                         check=False)
     assert res.returncode != 0
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pack_and_unpack_carry_the_payload_with_its_checksum(tmp_path):
+def test_pack_and_unpack_carry_the_payload_with_its_checksum(tmp_path, node_helper):
     payload = tmp_path / "m1" / "payload" / "app"
     payload.mkdir(parents=True)
     (payload / "rootfs.tar").write_bytes(b"r" * 4096)
     env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path))
-    packed = json.loads(subprocess.run([sys.executable, str(HELPER), "pack", "m1"], capture_output=True, env=env,
+    packed = json.loads(subprocess.run([sys.executable, str(node_helper), "pack", "m1"], capture_output=True, env=env,
                                        check=True).stdout)
     with open(packed["path"], "rb") as f:
         assert packed["sha256"] == hashlib.sha256(f.read()).hexdigest()
     (tmp_path / "m2").mkdir()
-    bad = subprocess.run([sys.executable, str(HELPER), "unpack", "m2", packed["path"], "--sha256", "0" * 64],
+    bad = subprocess.run([sys.executable, str(node_helper), "unpack", "m2", packed["path"], "--sha256", "0" * 64],
                          capture_output=True, env=env, check=False)
     assert bad.returncode != 0 and not (tmp_path / "m2" / "payload").exists()
-    subprocess.run([sys.executable, str(HELPER), "unpack", "m2", packed["path"], "--sha256", packed["sha256"]],
+    subprocess.run([sys.executable, str(node_helper), "unpack", "m2", packed["path"], "--sha256", packed["sha256"]],
                    capture_output=True, env=env, check=True)
     assert (tmp_path / "m2" / "payload" / "app" / "rootfs.tar").read_bytes() == b"r" * 4096
 
@@ -186,16 +171,16 @@ def test_only_a_container_of_a_migration_with_images_here_is_restored(tmp_path, 
 def test_the_freezer_of_a_process(tmp_path, cgroup, expected):
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / "cgroup").write_text(cgroup)
-    assert node.freezer_of(7, proc=str(tmp_path), cgroups="/cg") == expected
+    assert pod.freezer_of(7, proc=str(tmp_path), cgroups="/cg") == expected
 
 
 def test_the_upper_directory_of_a_container_rootfs(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text("1 0 0:1 / /run/x/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/s/7/fs,workdir=/s/7/w\n"
                     "2 0 0:2 / /other rw - ext4 /dev/vda rw\n")
-    assert node.upper_dir("/run/x/rootfs", str(info)) == "/s/7/fs"
+    assert pod.upper_dir("/run/x/rootfs", str(info)) == "/s/7/fs"
     with pytest.raises(ValueError):
-        node.upper_dir("/other", str(info))
+        pod.upper_dir("/other", str(info))
 
 
 @pytest.mark.parametrize(("ref", "stored"), [
@@ -207,7 +192,7 @@ def test_the_upper_directory_of_a_container_rootfs(tmp_path):
     ("quay.io/x/y@sha256:" + "a" * 64, "quay.io/x/y@sha256:" + "a" * 64),
 ])
 def test_an_image_reference_as_containerd_stores_it(ref, stored):
-    assert node.normalized(ref) == stored
+    assert pod.normalized(ref) == stored
 
 
 def test_a_staged_container_waits_for_its_payload_and_gives_up_when_told(tmp_path, monkeypatch):
@@ -243,3 +228,31 @@ def test_an_abandoned_migration_restores_nothing_even_with_its_payload_here(tmp_
     (tmp_path / "m1" / "abort").touch()
     with pytest.raises(runtime.Aborted):
         runtime.restore_source(spec)
+
+
+def test_the_helper_is_one_file_whose_sha256_is_its_version(node_helper, tmp_path):
+    from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
+
+    # the same bytes from a copy of the sources with other dates and another order on disk
+    copy = tmp_path / "files"
+    subprocess.run(["cp", "-r", str(FILES), str(copy)], check=True)
+    for path in copy.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert nodehelper.build(str(copy)) == node_helper.read_bytes()
+    version = subprocess.run([str(node_helper), "version"], capture_output=True, text=True, check=True).stdout
+    assert version.strip() == hashlib.sha256(node_helper.read_bytes()).hexdigest() == nodehelper.digest(str(FILES))
+    # a changed module is another version
+    with open(copy / "podmigrate_node" / "fence.py", "a") as f:
+        f.write("# changed\n")
+    assert nodehelper.digest(str(copy)) != nodehelper.digest(str(FILES))
+
+
+def test_a_runtime_beside_the_helper_that_is_not_its_own_is_reported_stale(node_helper, tmp_path):
+    (tmp_path / "podmigrate-node").write_bytes(node_helper.read_bytes())
+    (tmp_path / "podmigrate-node").chmod(0o755)
+    (tmp_path / "podmigrate_runtime.py").write_text("# an older runtime\n")
+    version = subprocess.run([str(tmp_path / "podmigrate-node"), "version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert version.endswith("-stale-runtime")
+    help_text = subprocess.run([str(node_helper), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "page-server ID NAME PORT" in help_text and "smb-get NAME DEST" in help_text

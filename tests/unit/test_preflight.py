@@ -1,5 +1,5 @@
 """The pre-flight of a migration: the node helper's look at a real process, and what CRIU
-would refuse in it (module_utils/preflight.py)."""
+would refuse in it (module_utils/migration/preflight.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from ansible_collections.podmigrate.cluster.plugins.module_utils import preflight
-from test_node_helper import node
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import preflight
+from podmigrate_node import preflight as node
 
 # A process holding what CRIU dumps (TCP and UDP sockets, unix sockets, one abstract, an eventfd,
 # /dev/null, a mapping of /dev/zero) and what it cannot (an MPTCP listener, an io_uring,

@@ -8,7 +8,13 @@ import json
 import types
 
 import pytest
-from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration, seedfork
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import (
+    engine,
+    manifest,
+    plan,
+    remote,
+    seedfork,
+)
 from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
@@ -40,7 +46,7 @@ NODES = {"master": node("master"), "zone2": node("zone2"), "zone3": node("zone3"
 
 # ------------------------------------------------------------------ the clone pod manifest
 def test_the_clone_pod_is_the_tutorials():
-    clone = migration.clone_pod(counter(), "zone3", "a1b2c3")
+    clone = manifest.clone_pod(counter(), "zone3", "a1b2c3")
     # the tutorial's clone: the same spec, spec.clonePod naming the source, restartPolicy Never
     assert clone["apiVersion"] == "v1" and clone["kind"] == "Pod"
     assert clone["spec"]["clonePod"] == "counter1"
@@ -54,29 +60,29 @@ def test_the_clone_pod_is_the_tutorials():
 
 
 def test_the_clone_keeps_the_labels_so_a_service_follows_and_records_the_source():
-    meta = migration.clone_pod(counter(), "zone3", "a1b2c3")["metadata"]
+    meta = manifest.clone_pod(counter(), "zone3", "a1b2c3")["metadata"]
     assert meta["name"] == "counter1-a1b2c3"
     assert meta["namespace"] == "default"
     assert meta["labels"] == {"run": "counter1"}
-    assert meta["annotations"] == {migration.ORIGINAL_NAME: "counter1", migration.ORIGINAL_NODE: "zone2"}
+    assert meta["annotations"] == {manifest.ORIGINAL_NAME: "counter1", manifest.ORIGINAL_NODE: "zone2"}
     # nothing the API server owns is sent back
     assert not {"uid", "resourceVersion", "creationTimestamp"} & set(meta)
 
 
 def test_a_pod_moved_before_is_cloned_from_its_current_name_and_keeps_its_first_name():
-    moved = migration.clone_pod(counter(), "zone3", "aaaaaa")
+    moved = manifest.clone_pod(counter(), "zone3", "aaaaaa")
     moved["status"] = counter()["status"]
-    again = migration.clone_pod(moved, "zone2", "bbbbbb")
+    again = manifest.clone_pod(moved, "zone2", "bbbbbb")
     assert again["spec"]["clonePod"] == "counter1-aaaaaa"
     assert again["metadata"]["name"] == "counter1-bbbbbb"
-    assert again["metadata"]["annotations"][migration.ORIGINAL_NAME] == "counter1"
-    assert again["metadata"]["annotations"][migration.ORIGINAL_NODE] == "zone3"
+    assert again["metadata"]["annotations"][manifest.ORIGINAL_NAME] == "counter1"
+    assert again["metadata"]["annotations"][manifest.ORIGINAL_NODE] == "zone3"
 
 
 def test_the_clone_forces_restart_policy_never_and_leaves_the_source_untouched():
     source = counter(restartPolicy="OnFailure", affinity={"nodeAffinity": {}})
     before = copy.deepcopy(source)
-    clone = migration.clone_pod(source, "zone3", "x1")
+    clone = manifest.clone_pod(source, "zone3", "x1")
     assert clone["spec"]["restartPolicy"] == "Never"
     assert "affinity" not in clone["spec"]
     assert source == before
@@ -85,19 +91,19 @@ def test_the_clone_forces_restart_policy_never_and_leaves_the_source_untouched()
 def test_a_long_name_is_cut_to_fit_and_a_bad_suffix_is_refused():
     long = counter()
     long["metadata"]["name"] = "c" * 63
-    assert len(migration.clone_pod(long, "zone3", "a1b2c3")["metadata"]["name"]) == 63
+    assert len(manifest.clone_pod(long, "zone3", "a1b2c3")["metadata"]["name"]) == 63
     with pytest.raises(ValueError, match="suffix"):
-        migration.clone_pod(counter(), "zone3", "Not-OK")
+        manifest.clone_pod(counter(), "zone3", "Not-OK")
 
 
 # ------------------------------------------------------------------ the profile's refusals
 def test_a_clone_is_planned_like_an_upstream_migration():
-    assert migration.plan_clone(counter(), NODES, {}, target="zone3") == ("zone2", "zone3")
+    assert plan.plan_clone(counter(), NODES, {}, target="zone3") == ("zone2", "zone3")
 
 
 def test_a_source_that_would_restart_is_refused():
-    with pytest.raises(migration.MigrationError) as err:
-        migration.plan_clone(counter(restartPolicy="Always"), NODES, {}, target="zone3")
+    with pytest.raises(plan.MigrationError) as err:
+        plan.plan_clone(counter(restartPolicy="Always"), NODES, {}, target="zone3")
     assert err.value.problems == [
         "pod default/counter1 has restartPolicy Always: the seed-fork profile needs Never (the tutorial: "
         "otherwise the source container is restarted while the fork checkpoints it)"]
@@ -106,20 +112,20 @@ def test_a_source_that_would_restart_is_refused():
 def test_a_pod_without_restart_policy_is_refused_as_always():
     pod = counter()
     del pod["spec"]["restartPolicy"]
-    with pytest.raises(migration.MigrationError, match="restartPolicy Always"):
-        migration.plan_clone(pod, NODES, {}, target="zone3")
+    with pytest.raises(plan.MigrationError, match="restartPolicy Always"):
+        plan.plan_clone(pod, NODES, {}, target="zone3")
 
 
 def test_an_emptydir_would_be_lost_and_is_refused():
-    with pytest.raises(migration.MigrationError, match="'scratch' is an emptyDir"):
-        migration.plan_clone(counter(volumes=[{"name": "scratch", "emptyDir": {}}]), NODES, {}, target="zone3")
+    with pytest.raises(plan.MigrationError, match="'scratch' is an emptyDir"):
+        plan.plan_clone(counter(volumes=[{"name": "scratch", "emptyDir": {}}]), NODES, {}, target="zone3")
 
 
 def test_every_refusal_of_both_kinds_is_listed_at_once():
     pod = counter(restartPolicy="Always", hostNetwork=True, volumes=[{"name": "data", "hostPath": {"path": "/x"}}])
     pod["status"]["phase"] = "Pending"
-    with pytest.raises(migration.MigrationError) as err:
-        migration.plan_clone(pod, NODES, {}, target="zone2")
+    with pytest.raises(plan.MigrationError) as err:
+        plan.plan_clone(pod, NODES, {}, target="zone2")
     text = "\n".join(err.value.problems)
     for expected in ("is Pending, not Running", "host's network", "hostPath", "already runs on zone2",
                      "restartPolicy Always"):
@@ -213,7 +219,7 @@ def test_a_clone_that_fails_is_deleted_and_the_source_is_left_alone(tmp_path):
     failed = {"phase": "Failed", "message": "restore failed: no checkpoint on the share"}
     core = FakeCore(counter(), failed)
     job = clone_job(core, tmp_path)
-    with pytest.raises(engine.NodeError) as err:
+    with pytest.raises(remote.NodeError) as err:
         job.run()
     clone = core.created["metadata"]["name"]
     assert [c for c in core.calls if c[0] != "event"] == [("dry-run", clone), ("create", clone), ("delete", clone)]
@@ -228,14 +234,14 @@ def test_a_source_the_fork_broke_is_reported_as_such(tmp_path):
     broken = {"phase": "Failed", "containerStatuses": [{"name": "counter1", "ready": False, "restartCount": 0,
                                                         "state": {"terminated": {"exitCode": 137}}}]}
     core = FakeCore(counter(), {"phase": "Pending"}, source_after=broken)
-    with pytest.raises(engine.NodeError, match="is Failed and not ready: the fork stopped it"):
+    with pytest.raises(remote.NodeError, match="is Failed and not ready: the fork stopped it"):
         clone_job(core, tmp_path, timeout=0).run()
     assert "counter1" in core.pods
 
 
 def test_a_refused_clone_changes_nothing(tmp_path):
     core = FakeCore(counter(restartPolicy="Always"), RUNNING)
-    with pytest.raises(migration.MigrationError, match="restartPolicy Always"):
+    with pytest.raises(plan.MigrationError, match="restartPolicy Always"):
         clone_job(core, tmp_path).run()
     assert [c for c in core.calls if c[0] != "event"] == []
 
@@ -243,12 +249,12 @@ def test_a_refused_clone_changes_nothing(tmp_path):
 def test_the_profile_picks_the_engine():
     assert seedfork.migration_class("seed-fork") is seedfork.CloneMigration
     assert seedfork.migration_class("upstream") is engine.Migration
-    with pytest.raises(migration.MigrationError, match="not one of upstream, seed-fork"):
+    with pytest.raises(plan.MigrationError, match="not one of upstream, seed-fork"):
         seedfork.migration_class("tutorial")
 
 
 def test_a_pod_already_cloned_to_the_target_is_left_as_it_is(tmp_path):
-    moved = migration.clone_pod(counter(), "zone3", "aaaaaa")
+    moved = manifest.clone_pod(counter(), "zone3", "aaaaaa")
     moved["status"] = RUNNING
     core = FakeCore(moved, RUNNING)  # only the clone is left, under its new name
     assert list(core.pods) == ["counter1-aaaaaa"]
@@ -260,7 +266,7 @@ def test_a_pod_already_cloned_to_the_target_is_left_as_it_is(tmp_path):
 def test_a_cluster_without_the_fork_is_refused_before_anything_is_created(tmp_path):
     # upstream Kubernetes would start the "clone" afresh and the source's state would be lost
     core = FakeCore(counter(), RUNNING, fork=False)
-    with pytest.raises(migration.MigrationError, match=r"drops spec\.clonePod: this cluster does not run"):
+    with pytest.raises(plan.MigrationError, match=r"drops spec\.clonePod: this cluster does not run"):
         clone_job(core, tmp_path).run()
     assert [c[0] for c in core.calls if c[0] != "event"] == ["dry-run"]
     assert list(core.pods) == ["counter1"]

@@ -13,10 +13,8 @@ import sys
 import time
 
 import pytest
-from helpers import ROOT
 from smbserver import SambaServer
 
-HELPER = ROOT / "roles" / "migration_node" / "files" / "podmigrate-node"
 SUBDIR = "podmigrate/migrations"
 
 
@@ -36,7 +34,7 @@ def samba(tmp_path_factory):
 
 
 @pytest.fixture
-def helper(samba, tmp_path):
+def helper(samba, tmp_path, node_helper):
     """Run the helper as the engine does on a node, its smb.json naming the server."""
     config = tmp_path / "smb.json"
     config.write_text(json.dumps(samba.settings(SUBDIR)))
@@ -44,7 +42,7 @@ def helper(samba, tmp_path):
     env = {**os.environ, "PODMIGRATE_SMB_CONFIG": str(config), "PODMIGRATE_SMB_LIBRARY": str(tmp_path / "none")}
 
     def run(*args, check=True, **kw):
-        res = subprocess.run([sys.executable, str(HELPER), *map(str, args)], env=env, capture_output=True,
+        res = subprocess.run([sys.executable, str(node_helper), *map(str, args)], env=env, capture_output=True,
                              text=True, timeout=120, check=False, **kw)
         if check:
             assert res.returncode == 0, res.stderr
@@ -82,11 +80,11 @@ def test_an_archive_goes_through_the_share_whole_and_checked(samba, helper, tmp_
     assert json.loads(helper("smb-rm", "m1").stdout) == {"removed": False}
 
 
-def test_an_interrupted_upload_is_refused_and_never_taken(samba, helper, tmp_path):
+def test_an_interrupted_upload_is_refused_and_never_taken(samba, helper, tmp_path, node_helper):
     # the uploader reads the archive from a pipe: it is killed with part of it on the share
     fifo = tmp_path / "archive"
     os.mkfifo(fifo)
-    uploader = subprocess.Popen([sys.executable, str(HELPER), "smb-put", str(fifo), "m2/counter.tar"],
+    uploader = subprocess.Popen([sys.executable, str(node_helper), "smb-put", str(fifo), "m2/counter.tar"],
                                 env=helper.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     part = on_share(samba, "m2", "counter.tar.part")
     chunk = os.urandom(1 << 20)

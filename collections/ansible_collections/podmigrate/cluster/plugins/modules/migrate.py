@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: migrate
 short_description: Move a running pod to another node with its memory (checkpoint and restore)
 description:
-  - Runs podmigrate's migration engine (C(module_utils/engine.py)) on the controller, which
+  - Runs podmigrate's migration engine (C(module_utils/migration/engine.py)) on the controller, which
     talks to the API server and reaches the nodes over SSH.
   - Refuses with every problem listed, changing nothing, when the pod cannot move. Any later
     failure rolls back to the source pod, which is frozen from its checkpoint until the
@@ -57,8 +57,9 @@ options:
     required: true
   helper:
     description:
-      - The controller's copy of the node helper (with podmigrate_runtime.py beside it); nodes with
-        a different one are refused.
+      - The directory of the node helper's sources (C(podmigrate_node/) and
+        C(podmigrate_runtime.py), roles/migration_node/files); a node whose helper is not the
+        one built from them is refused.
     type: path
   report_dir:
     description: Directory of the JSON reports.
@@ -103,11 +104,11 @@ report:
   type: dict
 """
 
-import hashlib
-import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration, seedfork
+from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, plan, remote, seedfork
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import transfer as transfers
 
 
 def main():
@@ -115,8 +116,8 @@ def main():
         argument_spec={
             "pod": {"type": "str", "required": True},
             "target": {"type": "str"},
-            "transfer": {"type": "str", "choices": list(engine.TRANSFERS), "default": "direct"},
-            "share": {"type": "str", "choices": list(engine.SHARES), "default": "dir"},
+            "transfer": {"type": "str", "choices": list(transfers.TRANSFERS), "default": "direct"},
+            "share": {"type": "str", "choices": list(transfers.SHARES), "default": "dir"},
             "share_dir": {"type": "str", "default": "/var/lib/podmigrate/share"},
             "nodes": {"type": "dict", "required": True},
             "kubeconfig": {"type": "path", "required": True},
@@ -124,7 +125,7 @@ def main():
             "report_dir": {"type": "path"},
             "progress_file": {"type": "path"},
             "timeout": {"type": "int", "default": 600},
-            "profile": {"type": "str", "choices": list(migration.PROFILES), "default": migration.UPSTREAM},
+            "profile": {"type": "str", "choices": list(plan.PROFILES), "default": plan.UPSTREAM},
         },
     )
     p = module.params
@@ -138,15 +139,9 @@ def main():
             with open(p["progress_file"], "a") as f:
                 f.write(line + "\n")
 
-    helper_digest = None
-    if p["helper"]:
-        # the helper and the runtime beside it, as the helper's `version` hashes them
-        digest = hashlib.sha256()
-        for path in (p["helper"], os.path.join(os.path.dirname(p["helper"]), "podmigrate_runtime.py")):
-            with open(path, "rb") as f:
-                digest.update(f.read())
-        helper_digest = digest.hexdigest()
-    nodes = {name: engine.Node(name, **{k: v for k, v in spec.items() if k in ("host", "user", "port", "key",
+    # the version of the helper built from the controller's sources (what the nodes must run)
+    helper_digest = nodehelper.digest(p["helper"]) if p["helper"] else None
+    nodes = {name: remote.Node(name, **{k: v for k, v in spec.items() if k in ("host", "user", "port", "key",
                                                                              "ssh_args")})
              for name, spec in p["nodes"].items()}
     job = None
@@ -158,11 +153,11 @@ def main():
                            share_dir=p["share_dir"], share=p["share"], report_dir=p["report_dir"],
                            progress=progress, helper_digest=helper_digest, timeout=p["timeout"])
         report = job.run()
-    except migration.MigrationError as exc:
+    except plan.MigrationError as exc:
         module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,
                          report=job.report if job else {})
     except Exception as exc:
-        if p["profile"] == migration.SEED_FORK:
+        if p["profile"] == plan.SEED_FORK:
             # the error says what became of the source (the fork may have stopped it)
             module.fail_json(msg=f"migration failed: {exc}", report=job.report if job else {})
         module.fail_json(msg=f"migration failed and was rolled back; the source pod runs on: {exc}",

@@ -1,7 +1,6 @@
 # Copyright: podmigrate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The pure parts of a pod migration: planning (every refusal before anything changes),
-the restored pod's manifest and when it counts as restored.
+"""Planning a migration: every refusal before anything changes, and where the pod goes.
 
 Pods, nodes and claims are plain dicts in the API's JSON shape (camelCase keys), as
 ``kubernetes.core.k8s_info`` returns them and as the ``kubernetes`` client's
@@ -10,11 +9,9 @@ Pods, nodes and claims are plain dicts in the API's JSON shape (camelCase keys),
 
 from __future__ import annotations
 
-import copy
 import re
 
-ORIGINAL_NAME = "podmigrate.io/migrated-from"
-ORIGINAL_NODE = "podmigrate.io/source-node"
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.manifest import RUNTIME_CLASS
 
 CONTROLLER_KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob",
                     "ReplicationController")
@@ -186,48 +183,6 @@ def tolerates(toleration, taint):
     return toleration.get("key") == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or "")
 
 
-RUNTIME_CLASS = "podmigrate"
-RESTORE_ANNOTATION = "podmigrate.io/restore"
-
-
-def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS):
-    """The manifest of the pod restored on ``target`` by migration ``migration_id``.
-
-    The same containers and images (never pulled: the image must be on the target), labels
-    kept (Services follow the pod), the original name and node recorded in annotations,
-    bound to the target node, run under ``runtime_class``: podmigrate's runtime restores
-    each container from the migration's payload when containerd creates it, as the
-    annotation RESTORE_ANNOTATION names it. The source's init containers ran already and do
-    not run again.
-    """
-    spec = copy.deepcopy(pod.get("spec") or {})
-    metadata = _moved_metadata(pod, suffix)
-    metadata["annotations"][RESTORE_ANNOTATION] = migration_id
-    for container in spec["containers"]:
-        container["imagePullPolicy"] = "Never"
-    for key in ("nodeName", "nodeSelector", "affinity", "schedulerName", "initContainers"):
-        spec.pop(key, None)
-    spec["nodeName"] = target
-    spec["runtimeClassName"] = runtime_class
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
-
-
-def _moved_metadata(pod, suffix):
-    """Metadata of the pod that replaces ``pod`` on another node: ``<original name>-<suffix>``,
-    the same namespace and labels (Services follow it), the original name and node in
-    annotations (a pod moved twice keeps its first name)."""
-    meta = pod.get("metadata") or {}
-    if not re.match(r"^[a-z0-9]{1,10}$", suffix):
-        raise ValueError(f"suffix must be 1-10 lower-case letters or digits: {suffix!r}")
-    base = (meta.get("annotations") or {}).get(ORIGINAL_NAME, meta["name"])
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if not k.startswith("kubectl.kubernetes.io/last-applied") and k != RESTORE_ANNOTATION}
-    annotations[ORIGINAL_NAME] = base
-    annotations[ORIGINAL_NODE] = (pod.get("spec") or {}).get("nodeName", "")
-    return {"name": f"{base[:63 - len(suffix) - 1]}-{suffix}", "namespace": meta.get("namespace", "default"),
-            "labels": dict(meta.get("labels") or {}), "annotations": annotations}
-
-
 # ---------------------------------------------------------------- the seed-fork profile
 # The original tutorial's fork (Kubernetes v1.19 with Schrettenbrunner's PoC) migrates a
 # pod when a new pod names it in ``spec.clonePod``: the fork's kubelets checkpoint the
@@ -265,22 +220,6 @@ def plan_clone(pod, nodes, pods_by_node, claims=None, target=None):
     return planned
 
 
-def clone_pod(pod, target, suffix):
-    """The tutorial's clone pod for ``pod`` on ``target``: the same spec and containers (the
-    fork restores them from the source's checkpoint), ``spec.clonePod`` naming the source,
-    ``restartPolicy: Never``, bound to the target node; labels kept and the original name
-    and node recorded as for an upstream migration."""
-    spec = copy.deepcopy(pod.get("spec") or {})
-    metadata = _moved_metadata(pod, suffix)
-    # the source's placement rules would keep the clone off the target: nodeName decides
-    for key in ("nodeName", "nodeSelector", "affinity", "schedulerName"):
-        spec.pop(key, None)
-    spec["nodeName"] = target
-    spec["clonePod"] = pod["metadata"]["name"]
-    spec["restartPolicy"] = "Never"
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
-
-
 def internal_ip(node):
     """A node's InternalIP, or None."""
     for address in (node.get("status") or {}).get("addresses") or []:
@@ -288,38 +227,3 @@ def internal_ip(node):
             return address.get("address")
     return None
 
-
-# Waiting reasons that a restore does not recover from by waiting longer.
-FAILED_WAITING = ("CreateContainerError", "CreateContainerConfigError", "ErrImageNeverPull", "InvalidImageName",
-                  "CrashLoopBackOff", "RunContainerError", "ImageInspectError")
-
-
-def restored_problem(pod, containers):
-    """None when the restored pod is Running with every container running (and Ready);
-    otherwise what it is waiting for, prefixed "failed: " when waiting cannot help."""
-    status = pod.get("status") or {}
-    if status.get("phase") in ("Failed", "Succeeded"):
-        return f"failed: the pod is {status['phase']}: {status.get('message') or status.get('reason') or ''}".strip()
-    statuses = {s.get("name"): s for s in status.get("containerStatuses") or []}
-    waiting = []
-    for name in containers:
-        s = statuses.get(name)
-        if s is None:
-            waiting.append(f"{name}: no status yet")
-            continue
-        state = s.get("state") or {}
-        if s.get("restartCount", 0) > 0 or "terminated" in state:
-            term = state.get("terminated") or (s.get("lastState") or {}).get("terminated") or {}
-            return (f"failed: container {name} exited after the restore "
-                    f"({term.get('reason', 'exited')} {term.get('exitCode', '')}: {term.get('message', '')})").strip()
-        if "waiting" in state:
-            reason = state["waiting"].get("reason", "")
-            message = f"{name}: {reason} {state['waiting'].get('message', '')}".strip()
-            if reason in FAILED_WAITING:
-                return f"failed: container {message}"
-            waiting.append(message)
-        elif not s.get("ready"):
-            waiting.append(f"{name}: not ready")
-    if waiting or status.get("phase") != "Running":
-        return "; ".join(waiting) or f"the pod is {status.get('phase')}"
-    return None

@@ -9,10 +9,11 @@ installs. The checkpoint and the restore are podmigrate's own (runc and CRIU on 
 nodes), not the kubelet's or containerd's. Phases, in order (each timed, each reported as
 an Event on the pod):
 
-  validate    every refusal, before anything changes (module_utils.migration.plan), what
-              CRIU could not dump in the pod's processes (module_utils.preflight), and the
+  validate    every refusal, before anything changes (plan.py), what CRIU could
+              not dump in the pod's processes (preflight.py), and the
               pod's images on the target
-  prepare     migration directories, the one-time SSH key for the direct stream
+  prepare     migration directories; what the transfer needs (transfer.py: the direct
+              stream's one-time SSH key, a share's probe)
   images      (when needed) the pod's images the target lacks, from the source's containerd
   stage       the restored pod created on the target, its sandbox, network and volumes set
               up while the source runs; podmigrate's runtime holds its containers until
@@ -40,105 +41,28 @@ files are removed on both nodes in every case. docs/migration.md describes every
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import secrets
 import shlex
 import shutil
-import subprocess
 import tempfile
 import time
 
-from ansible_collections.podmigrate.cluster.plugins.module_utils import migration, preflight
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import manifest, plan, preflight
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import transfer as transfers
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.remote import MIGRATIONS, NodeError
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.runner import Runner
 
-HELPER = "/usr/local/libexec/podmigrate/podmigrate-node"
-MIGRATIONS = "/var/lib/podmigrate/migrations"
-AUTHORIZED_KEYS = "/etc/podmigrate/authorized_keys"
-TRANSFERS = ("direct", "share")
-SHARES = ("dir", "smb")  # what the share transfer goes through
-
-
-class NodeError(Exception):
-    pass
+# the names callers use (the module, the CLI, the bench)
+MigrationError = plan.MigrationError
 
 
 class AlreadyThere(Exception):
     """The pod was moved to the target before: nothing to do."""
 
 
-class Node:
-    """A node reached over SSH as Ansible reaches it."""
-
-    def __init__(self, name, host, user="root", port=None, key=None, ssh_args=""):
-        self.name, self.host, self.user = name, host, user
-        self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-        if port:
-            self.options += ["-p", str(port)]
-        if key:
-            self.options += ["-i", key]
-        self.options += shlex.split(ssh_args or "")
-
-        self.control = None
-
-    def multiplex(self, directory):
-        """Share one SSH connection between the commands of a migration (each new
-        connection costs a handshake, and the pod is fenced meanwhile)."""
-        self.control = directory
-
-    def close(self):
-        if self.control:
-            subprocess.run(["ssh", *self.ssh_options(), "-O", "exit", f"{self.user}@{self.host}"],
-                           capture_output=True, timeout=30, check=False)
-            self.control = None
-
-    def ssh_options(self):
-        if not self.control:
-            return self.options
-        return [*self.options, "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}/%C",
-                "-o", "ControlPersist=300"]
-
-    def run(self, command, stdin=None, timeout=600, check=True):
-        res = subprocess.run(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command], input=stdin,
-                             capture_output=True, timeout=timeout, check=False)
-        if check and res.returncode != 0:
-            raise NodeError(f"{self.name}: `{command}` failed ({res.returncode}): "
-                            f"{res.stderr.decode(errors='replace').strip()[-2000:]}")
-        return res.stdout.decode(errors="replace")
-
-    def helper(self, *args, **kw):
-        return self.run(" ".join([HELPER, *(shlex.quote(str(a)) for a in args)]), **kw)
-
-    def pipe(self, command, other, other_command, timeout=600):
-        """Run ``command`` here with its output fed to ``other_command`` on ``other``; the
-        bytes that went through (they pass the controller, never a file)."""
-        sender = subprocess.Popen(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        receiver = subprocess.Popen(["ssh", *other.ssh_options(), f"{other.user}@{other.host}", other_command],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        size = 0
-        try:
-            while chunk := sender.stdout.read(1 << 20):
-                size += len(chunk)
-                receiver.stdin.write(chunk)
-        except BrokenPipeError:
-            pass
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                receiver.stdin.close()
-        received_err = receiver.stderr.read()
-        receiver.wait(timeout=timeout)
-        sent_err = sender.stderr.read()
-        sender.wait(timeout=timeout)
-        for node, proc, cmd, err in ((self, sender, command, sent_err), (other, receiver, other_command, received_err)):
-            if proc.returncode != 0:
-                raise NodeError(f"{node.name}: `{cmd}` failed ({proc.returncode}): "
-                                f"{err.decode(errors='replace').strip()[-600:]}")
-        return size
-
-
-class Migration:
+class Migration(Runner):
     def __init__(self, api_client, nodes, namespace, name, target=None, transfer="direct",
                  share_dir="/var/lib/podmigrate/share", share="dir", report_dir=None, progress=None,
                  helper_digest=None, timeout=600):
@@ -151,34 +75,20 @@ class Migration:
         self.namespace, self.name, self.target_name = namespace, name, target
         self.transfer = transfer
         self.share_dir = share_dir
-        self.smb = transfer == "share" and share == "smb"
-        self.report_dir = report_dir
-        self.progress = progress or (lambda msg: None)
         self.helper_digest = helper_digest
         self.timeout = timeout
-        self.id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+        migration_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+        report = {"id": migration_id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
+                  **({"share": share} if transfer == "share" else {}), "containers": {}, "result": "running"}
+        super().__init__(migration_id, report, progress, report_dir)
         self.directory = f"{MIGRATIONS}/{self.id}"  # on both nodes
-        self.report = {"id": self.id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
-                       **({"share": share} if transfer == "share" else {}),
-                       "containers": {}, "result": "running"}
-        self.undo = []
+        self.carrier = transfers.choose(self, transfer, share)
         self.pod = self.source = self.target = None
         self.restored_name = None
 
     # ------------------------------------------------------------ helpers
-    def log(self, msg):
-        self.progress(f"[{self.id}] {msg}")
-
-    def phase(self, name, func, *args):
-        self.log(f"{name} ...")
-        started = time.monotonic()
-        try:
-            result = func(*args)
-        finally:
-            self.report["phases"][name] = round(time.monotonic() - started, 3)
-        self.log(f"{name}: {self.report['phases'][name]:.2f} s")
-        self.event(f"Migration{name.capitalize()}", f"{name} done in {self.report['phases'][name]:.2f} s")
-        return result
+    def phase_done(self, name, seconds):
+        self.event(f"Migration{name.capitalize()}", f"{name} done in {seconds:.2f} s")
 
     def event(self, reason, message, pod_name=None, kind="Normal"):
         pod_name = pod_name or self.name
@@ -206,7 +116,7 @@ class Migration:
             self.core.read_namespace(self.namespace)
         except ApiException as exc:
             if exc.status == 404:
-                raise migration.MigrationError([f"namespace {self.namespace!r} not found"]) from None
+                raise MigrationError([f"namespace {self.namespace!r} not found"]) from None
             raise
         try:
             pod = self.as_dict(self.core.read_namespaced_pod(self.name, self.namespace))
@@ -215,9 +125,9 @@ class Migration:
                 raise
             # a pod moved before runs under a new name that records this one
             moved = [p for p in self.as_dict(self.core.list_namespaced_pod(self.namespace).items)
-                     if ((p["metadata"].get("annotations") or {}).get(migration.ORIGINAL_NAME) == self.name)]
+                     if ((p["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) == self.name)]
             if not moved:
-                raise migration.MigrationError([f"pod {self.namespace}/{self.name} not found"]) from None
+                raise MigrationError([f"pod {self.namespace}/{self.name} not found"]) from None
             pod = max(moved, key=lambda p: p["metadata"].get("creationTimestamp") or "")
             self.name = pod["metadata"]["name"]
             if self.target_name and pod["spec"].get("nodeName") == self.target_name:
@@ -236,28 +146,28 @@ class Migration:
         problems = []
         pod, nodes, pods_by_node, claims = self.observe()
         try:
-            source, target = migration.plan(pod, nodes, pods_by_node, claims, self.target_name)
-        except migration.MigrationError as exc:
+            source, target = plan.plan(pod, nodes, pods_by_node, claims, self.target_name)
+        except MigrationError as exc:
             problems += exc.problems
             source, target = (pod.get("spec") or {}).get("nodeName"), None
-        if self.transfer not in TRANSFERS:
-            problems.append(f"transfer {self.transfer!r} is not one of {', '.join(TRANSFERS)}")
-        if self.transfer == "share" and self.report["share"] not in SHARES:
-            problems.append(f"share {self.report['share']!r} is not one of {', '.join(SHARES)}")
+        if self.transfer not in transfers.TRANSFERS:
+            problems.append(f"transfer {self.transfer!r} is not one of {', '.join(transfers.TRANSFERS)}")
+        if self.transfer == "share" and self.report["share"] not in transfers.SHARES:
+            problems.append(f"share {self.report['share']!r} is not one of {', '.join(transfers.SHARES)}")
         for role, name in (("source", source), ("target", target)):
             if name and name not in self.nodes:
                 problems.append(f"{role} node {name} is not in the inventory: no way to reach it over SSH")
         if problems:
-            raise migration.MigrationError(problems)
+            raise MigrationError(problems)
         self.pod = pod
         self.source, self.target = self.nodes[source], self.nodes[target]
-        self.source_ip = migration.internal_ip(nodes[source]) or self.source.host
-        self.target_ip = migration.internal_ip(nodes[target]) or self.target.host
+        self.source_ip = plan.internal_ip(nodes[source]) or self.source.host
+        self.target_ip = plan.internal_ip(nodes[target]) or self.target.host
         self.report.update(source=source, target=target)
         for node in (self.source, self.target):
             digest = node.helper("version", check=False).strip()
             if self.helper_digest and digest != self.helper_digest:
-                raise migration.MigrationError([f"node {node.name}: the podmigrate-node helper is missing or stale "
+                raise MigrationError([f"node {node.name}: the podmigrate-node helper is missing or stale "
                                                 "(run site.yml, or playbooks/nodes.yml, again)"])
         # what CRIU would refuse to dump, found before the fence (CRIU itself finds it only in the dump)
         problems += preflight.problems(json.loads(self.source.helper("preflight", pod["metadata"]["uid"])))
@@ -268,14 +178,9 @@ class Migration:
         lost = json.loads(self.source.helper("images-present", *self.bring))["missing"] if self.bring else []
         problems += [f"image {image} is on neither node: node {self.target.name} lacks it and the "
                      f"source's containerd no longer has it to bring" for image in lost]
-        if self.smb:
-            for node in (self.source, self.target):
-                try:
-                    node.helper("smb-check")
-                except NodeError as exc:
-                    problems.append(f"node {node.name} cannot use the SMB share: {exc}")
+        problems += self.carrier.problems()
         if problems:
-            raise migration.MigrationError(problems)
+            raise MigrationError(problems)
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
@@ -286,48 +191,7 @@ class Migration:
         for node in (self.source, self.target):
             node.run(f"install -d -m 0700 {MIGRATIONS} {directory}")
             self.always(("remove files", lambda n=node: n.run(f"rm -rf {directory}", check=False)))
-        if self.transfer == "direct":
-            work = tempfile.mkdtemp(prefix="podmigrate-key-")
-            try:
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"podmigrate-{self.id}",
-                                "-f", f"{work}/key"], check=True)
-                with open(f"{work}/key") as f:
-                    private = f.read()
-                with open(f"{work}/key.pub") as f:
-                    public = f.read().strip()
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            host_key = self.target.run("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
-            # the one port the key may forward to: where the target's page server listens
-            self.page_port = int(self.target.run(
-                "python3 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); "
-                "print(s.getsockname()[1])'").strip())
-            entry = (f'restrict,port-forwarding,permitopen="127.0.0.1:{self.page_port}",from="{self.source_ip}",'
-                     f'command="{HELPER} forced" {public}')
-            self.target.run(f"umask 077; mkdir -p {os.path.dirname(AUTHORIZED_KEYS)}; "
-                            f"cat >> {AUTHORIZED_KEYS}", stdin=(entry + "\n").encode())
-            self.always(("remove the one-time key", lambda: self.target.run(
-                f"sed -i '/ podmigrate-{self.id}$/d' {AUTHORIZED_KEYS}", check=False)))
-            self.source.run(f"umask 077; cat > {directory}/key", stdin=private.encode())
-            self.source.run(f"umask 077; cat > {directory}/known_hosts",
-                            stdin=f"{self.target_ip} {host_key[0]} {host_key[1]}\n".encode())
-        elif self.smb:
-            # the target must read what the source writes to the share, checked as a checkpoint is
-            self.always(("remove the share's files", lambda: self.source.helper("smb-rm", self.id, check=False)))
-            probe = f"{directory}/probe"
-            self.source.run(f"echo {self.id} > {probe}")
-            self.share_copy(probe, "probe", probe)
-        else:
-            # the target must see what the source writes: a directory of the same name on
-            # each node is not yet a share
-            self.share = f"{self.share_dir}/{self.id}"
-            quoted = shlex.quote(self.share)
-            self.source.run(f"install -d -m 0700 {quoted} && echo {self.id} > {quoted}/probe")
-            self.always(("remove the share's files", lambda: self.source.run(f"rm -rf {quoted}", check=False)))
-            seen = self.target.run(f"cat {quoted}/probe", check=False).strip()
-            if seen != self.id:
-                raise NodeError(f"{self.target.name} does not see what {self.source.name} writes to {self.share_dir}: "
-                                "is the share mounted on both?")
+        self.carrier.prepare()
 
     def bring_images(self):
         """The pod's images the target lacks, from the source's containerd to the target's
@@ -358,12 +222,8 @@ class Migration:
 
     def checkpoint(self):
         volumes = [a for v in self.volumes for a in ("--volume", v)]
-        stream = []
-        if self.transfer == "direct":
-            # the memory pages go to the target's page server as CRIU dumps them
-            stream = ["--to", self.target_ip, "--key", f"{self.directory}/key",
-                      "--known-hosts", f"{self.directory}/known_hosts", "--port", self.page_port]
-        dumped = json.loads(self.source.helper("dump", self.uid, self.id, *volumes, *stream, timeout=self.timeout))
+        dumped = json.loads(self.source.helper("dump", self.uid, self.id, *volumes, *self.carrier.dump_args(),
+                                               timeout=self.timeout))
         for name, entry in dumped["containers"].items():
             self.report["containers"].setdefault(name, {}).update(
                 checkpoint_bytes=entry["image_bytes"], rootfs_bytes=entry["rootfs_bytes"],
@@ -372,35 +232,7 @@ class Migration:
             self.report["volumes"] = dumped["volumes"]
 
     def move(self):
-        directory = self.directory
-        if self.transfer == "direct":
-            sent = json.loads(self.source.helper(
-                "send", f"{directory}/payload", "--to", self.target_ip, "--key", f"{directory}/key",
-                "--known-hosts", f"{directory}/known_hosts", "--migration", self.id,
-                "--name", "payload", timeout=self.timeout).strip().splitlines()[-1])
-        else:
-            packed = json.loads(self.source.helper("pack", self.id, timeout=self.timeout))
-            if self.smb:
-                sent = self.share_copy(packed["path"], "payload.tar", f"{directory}/payload.tar")
-                received = f"{directory}/payload.tar"
-            else:
-                received = f"{self.share}/payload.tar"
-                self.source.run(f"set -e; cp {packed['path']} {shlex.quote(received)}.part; "
-                                f"sync {shlex.quote(received)}.part; mv {shlex.quote(received)}.part "
-                                f"{shlex.quote(received)}", timeout=self.timeout)
-                sent = {"sha256": packed["sha256"], "bytes": packed["bytes"], "wire_bytes": packed["bytes"]}
-            self.target.helper("unpack", self.id, received, "--sha256", packed["sha256"], timeout=self.timeout)
-        self.report["transfer_detail"] = {"sha256": sent["sha256"], "bytes": sent["bytes"],
-                                          "sent_bytes": sent["wire_bytes"], "attempts": sent.get("attempts", 1)}
-
-    def share_copy(self, path, name, dest):
-        """The source's file ``path`` to the target's ``dest`` through the SMB share: uploaded,
-        read back there, and taken only whole, its size and sha256 as sent."""
-        remote = f"{self.id}/{name}"
-        sent = json.loads(self.source.helper("smb-put", path, remote, timeout=self.timeout).strip().splitlines()[-1])
-        self.target.helper("smb-get", remote, dest, "--sha256", sent["sha256"], "--size", sent["bytes"],
-                           timeout=self.timeout)
-        return sent
+        self.report["transfer_detail"] = self.carrier.carry()
 
     def stage(self):
         """The restored pod created on the target before the freeze: the kubelet admits it and
@@ -409,16 +241,16 @@ class Migration:
         file, with a deadline). So none of that is downtime."""
         deadline = time.time() + 3 * self.timeout
         self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
-        manifest = migration.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
-        self.restored_name = manifest["metadata"]["name"]
+        restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
+        self.restored_name = restored["metadata"]["name"]
         self.on_rollback(("delete the restored pod", self.abandon_restored))
-        self.core.create_namespaced_pod(self.namespace, manifest)
+        self.core.create_namespaced_pod(self.namespace, restored)
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
         first = self.containers[0]
         waited = time.monotonic() + self.timeout
         while self.target.run(f"test -e {self.directory}/waiting.{first} && echo yes", check=False).strip() != "yes":
             pod = self.as_dict(self.core.read_namespaced_pod(self.restored_name, self.namespace))
-            problem = migration.restored_problem(pod, self.containers) or ""
+            problem = manifest.restored_problem(pod, self.containers) or ""
             if problem.startswith("failed:") or time.monotonic() > waited:
                 raise NodeError(f"restored pod {self.restored_name} was never ready to restore: "
                                 f"{problem.removeprefix('failed: ') or 'its runtime did not start waiting'}")
@@ -459,7 +291,7 @@ class Migration:
         deadline = time.monotonic() + self.timeout
         while True:
             pod = self.as_dict(self.core.read_namespaced_pod(self.restored_name, self.namespace))
-            problem = migration.restored_problem(pod, self.containers)
+            problem = manifest.restored_problem(pod, self.containers)
             if problem is None:
                 return pod
             if problem.startswith("failed:") or time.monotonic() > deadline:
@@ -503,7 +335,7 @@ class Migration:
             self.report["result"] = "migrated"
         except AlreadyThere as exc:
             self.report.update(result="already there", message=str(exc))
-        except migration.MigrationError as exc:
+        except MigrationError as exc:
             self.report.update(result="refused", error=str(exc), problems=exc.problems)
             raise
         except Exception as exc:
@@ -544,29 +376,6 @@ class Migration:
         self.pass_commit_point()
         self.phase("commit", self.end_frozen_source)
 
-    def always(self, step):
-        """(what, function): undone when the migration ends, whichever way."""
-        self.undo.append((*step, False))
-
-    def on_rollback(self, step):
-        """(what, function): undone only if the migration fails before its commit point."""
-        self.undo.append((*step, True))
-
-    def pass_commit_point(self):
-        self.undo = [u for u in self.undo if not u[2]]
-
-    def cleanup(self):
-        errors = []
-        for what, undo, _ in reversed(self.undo):
-            try:
-                undo()
-            except Exception as exc:
-                errors.append(f"{what}: {exc}")
-        self.undo = []
-        if errors:
-            self.report["cleanup_errors"] = errors
-            self.log("cleanup left: " + "; ".join(errors))
-
     def summarize(self):
         volumes = self.report.get("volumes") or {}
         raw = sum(c.get("checkpoint_bytes", 0) + c.get("rootfs_bytes", 0)
@@ -586,15 +395,6 @@ class Migration:
                                   f"{self.report.get('total_seconds', 0):.2f} s ({phases}); "
                                   f"checkpoint {raw / 2**20:.1f} MiB, sent {sent / 2**20:.1f} MiB")
 
-    def write_report(self):
-        if not self.report_dir:
-            return
-        os.makedirs(self.report_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(self.report_dir, f"{self.id}.json")
-        with open(path, "w") as f:
-            json.dump(self.report, f, indent=2)  # the phases in the order they ran
-        self.report["report"] = path
-
 
 def _now():
     import datetime
@@ -605,5 +405,5 @@ def _now():
 def parse_pod(ref):
     m = re.match(r"^(?:([a-z0-9-]+)/)?([a-z0-9.-]+)$", ref or "")
     if not m:
-        raise migration.MigrationError([f"pod {ref!r} is not NAMESPACE/NAME"])
+        raise MigrationError([f"pod {ref!r} is not NAMESPACE/NAME"])
     return m.group(1) or "default", m.group(2)

@@ -9,9 +9,9 @@ the clone from the checkpoint share. The engine therefore needs no SSH and no no
 helper here. Phases (each timed and reported, as upstream):
 
   validate  every refusal of the upstream profile plus the fork's own
-            (migration.plan_clone), and a dry run of the clone pod: an API server
+            (plan.plan_clone), and a dry run of the clone pod: an API server
             that drops spec.clonePod is not the fork; before anything changes
-  clone     the clone pod created on the target (migration.clone_pod)
+  clone     the clone pod created on the target (manifest.clone_pod)
   verify    the clone Running, every container ready, none restarted
   commit    only now is the source pod deleted
 
@@ -24,32 +24,33 @@ from __future__ import annotations
 
 import json
 
-from ansible_collections.podmigrate.cluster.plugins.module_utils import engine, migration
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, manifest, plan
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.remote import NodeError
 
 
 class CloneMigration(engine.Migration):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.report.update(profile=migration.SEED_FORK, transfer="clonePod (the fork's checkpoint share)")
+        self.report.update(profile=plan.SEED_FORK, transfer="clonePod (the fork's checkpoint share)")
 
     def validate(self):
         from kubernetes.client.rest import ApiException
 
         pod, nodes, pods_by_node, claims = self.observe()
-        source, target = migration.plan_clone(pod, nodes, pods_by_node, claims, self.target_name)
+        source, target = plan.plan_clone(pod, nodes, pods_by_node, claims, self.target_name)
         self.pod = pod
         self.report.update(source=source, target=target)
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
-        self.manifest = migration.clone_pod(pod, target, self.id.rsplit("-", 1)[1])
+        self.manifest = manifest.clone_pod(pod, target, self.id.rsplit("-", 1)[1])
         # An API server without the fork drops spec.clonePod: the "clone" would start
         # afresh, run, and the source would be deleted with its state. Ask it first.
         try:
             stored = self.create(dry_run=True)
         except ApiException as exc:
-            raise migration.MigrationError([f"the API server refuses the clone pod ({exc.status}): "
+            raise plan.MigrationError([f"the API server refuses the clone pod ({exc.status}): "
                                             f"{(exc.body or exc.reason or '').strip()[:600]}"]) from None
         if (stored.get("spec") or {}).get("clonePod") != self.name:
-            raise migration.MigrationError([self.not_the_fork()])
+            raise plan.MigrationError([self.not_the_fork()])
 
     def not_the_fork(self):
         return ("the API server drops spec.clonePod: this cluster does not run the tutorial's fork "
@@ -68,7 +69,7 @@ class CloneMigration(engine.Migration):
         stored = self.create()
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
         if (stored.get("spec") or {}).get("clonePod") != self.name:
-            raise engine.NodeError(self.not_the_fork())
+            raise NodeError(self.not_the_fork())
 
     def verify(self):
         self.wait_running("clone pod")
@@ -81,7 +82,7 @@ class CloneMigration(engine.Migration):
         except ApiException as exc:
             return f"the source pod cannot be read ({exc.status})"
         phase = (pod.get("status") or {}).get("phase")
-        if migration.restored_problem(pod, self.containers) is None:
+        if manifest.restored_problem(pod, self.containers) is None:
             return f"the source pod {self.namespace}/{self.name} still runs"
         return (f"the source pod {self.namespace}/{self.name} is {phase} and not ready: the fork stopped it "
                 "while checkpointing (the tutorial's known limitation); its checkpoint is on the share")
@@ -95,7 +96,7 @@ class CloneMigration(engine.Migration):
         except Exception as exc:
             # roll back now, so the error can say what became of the source
             self.cleanup()
-            raise engine.NodeError(f"{exc}; the clone was deleted; {self.source_state()}") from exc
+            raise NodeError(f"{exc}; the clone was deleted; {self.source_state()}") from exc
         # the commit point: the clone runs; only now is the source given up
         self.pass_commit_point()
         self.phase("commit", self.commit)
@@ -103,6 +104,6 @@ class CloneMigration(engine.Migration):
 
 def migration_class(profile):
     """The engine for a runtime profile."""
-    if profile not in migration.PROFILES:
-        raise migration.MigrationError([f"profile {profile!r} is not one of {', '.join(migration.PROFILES)}"])
-    return CloneMigration if profile == migration.SEED_FORK else engine.Migration
+    if profile not in plan.PROFILES:
+        raise plan.MigrationError([f"profile {profile!r} is not one of {', '.join(plan.PROFILES)}"])
+    return CloneMigration if profile == plan.SEED_FORK else engine.Migration

@@ -1,0 +1,88 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The nodes as the engine reaches them: SSH as Ansible reaches them, one connection shared
+by the commands of a migration, and the node helper the migration_node role installs."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import subprocess
+
+HELPER = "/usr/local/libexec/podmigrate/podmigrate-node"
+MIGRATIONS = "/var/lib/podmigrate/migrations"
+AUTHORIZED_KEYS = "/etc/podmigrate/authorized_keys"
+
+
+class NodeError(Exception):
+    pass
+
+
+class Node:
+    """A node reached over SSH as Ansible reaches it."""
+
+    def __init__(self, name, host, user="root", port=None, key=None, ssh_args=""):
+        self.name, self.host, self.user = name, host, user
+        self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        if port:
+            self.options += ["-p", str(port)]
+        if key:
+            self.options += ["-i", key]
+        self.options += shlex.split(ssh_args or "")
+
+        self.control = None
+
+    def multiplex(self, directory):
+        """Share one SSH connection between the commands of a migration (each new
+        connection costs a handshake, and the pod is fenced meanwhile)."""
+        self.control = directory
+
+    def close(self):
+        if self.control:
+            subprocess.run(["ssh", *self.ssh_options(), "-O", "exit", f"{self.user}@{self.host}"],
+                           capture_output=True, timeout=30, check=False)
+            self.control = None
+
+    def ssh_options(self):
+        if not self.control:
+            return self.options
+        return [*self.options, "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}/%C",
+                "-o", "ControlPersist=300"]
+
+    def run(self, command, stdin=None, timeout=600, check=True):
+        res = subprocess.run(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command], input=stdin,
+                             capture_output=True, timeout=timeout, check=False)
+        if check and res.returncode != 0:
+            raise NodeError(f"{self.name}: `{command}` failed ({res.returncode}): "
+                            f"{res.stderr.decode(errors='replace').strip()[-2000:]}")
+        return res.stdout.decode(errors="replace")
+
+    def helper(self, *args, **kw):
+        return self.run(" ".join([HELPER, *(shlex.quote(str(a)) for a in args)]), **kw)
+
+    def pipe(self, command, other, other_command, timeout=600):
+        """Run ``command`` here with its output fed to ``other_command`` on ``other``; the
+        bytes that went through (they pass the controller, never a file)."""
+        sender = subprocess.Popen(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        receiver = subprocess.Popen(["ssh", *other.ssh_options(), f"{other.user}@{other.host}", other_command],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        size = 0
+        try:
+            while chunk := sender.stdout.read(1 << 20):
+                size += len(chunk)
+                receiver.stdin.write(chunk)
+        except BrokenPipeError:
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                receiver.stdin.close()
+        received_err = receiver.stderr.read()
+        receiver.wait(timeout=timeout)
+        sent_err = sender.stderr.read()
+        sender.wait(timeout=timeout)
+        for node, proc, cmd, err in ((self, sender, command, sent_err), (other, receiver, other_command, received_err)):
+            if proc.returncode != 0:
+                raise NodeError(f"{node.name}: `{cmd}` failed ({proc.returncode}): "
+                                f"{err.decode(errors='replace').strip()[-600:]}")
+        return size

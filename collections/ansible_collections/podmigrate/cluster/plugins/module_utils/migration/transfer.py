@@ -1,0 +1,170 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How a migration's payload goes from the source node to the target: one class per
+transfer, with one interface the engine calls.
+
+  problems()   at validate: why this transfer cannot be used (nothing has changed yet)
+  prepare()    before the freeze: whatever the transfer needs set up (recording its undo)
+  dump_args()  what the source's ``dump`` adds (the direct transfer streams the memory
+               pages to the target as they are dumped)
+  carry()      after the checkpoint: the payload onto the target, checked whole; returns
+               {sha256, bytes, sent_bytes, attempts}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.remote import (
+    AUTHORIZED_KEYS,
+    HELPER,
+    NodeError,
+)
+
+TRANSFERS = ("direct", "share")
+SHARES = ("dir", "smb")  # what the share transfer goes through
+
+
+class Transfer:
+    def __init__(self, job):
+        self.job = job
+
+    def problems(self):
+        return []
+
+    def prepare(self):
+        pass
+
+    def dump_args(self):
+        return []
+
+    def carry(self):
+        raise NotImplementedError
+
+
+class Direct(Transfer):
+    """Source to target over SSH with a one-time key: the memory pages to the target's CRIU
+    page server as they are dumped (`dump --to`), the rest after the dump as a tar + zstd
+    stream (`send` / `receive`), sha256 checked, retried."""
+
+    def prepare(self):
+        job = self.job
+        work = tempfile.mkdtemp(prefix="podmigrate-key-")
+        try:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"podmigrate-{job.id}",
+                            "-f", f"{work}/key"], check=True)
+            with open(f"{work}/key") as f:
+                private = f.read()
+            with open(f"{work}/key.pub") as f:
+                public = f.read().strip()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        host_key = job.target.run("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
+        # the one port the key may forward to: where the target's page server listens
+        self.page_port = int(job.target.run(
+            "python3 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); "
+            "print(s.getsockname()[1])'").strip())
+        entry = (f'restrict,port-forwarding,permitopen="127.0.0.1:{self.page_port}",from="{job.source_ip}",'
+                 f'command="{HELPER} forced" {public}')
+        job.target.run(f"umask 077; mkdir -p {os.path.dirname(AUTHORIZED_KEYS)}; "
+                       f"cat >> {AUTHORIZED_KEYS}", stdin=(entry + "\n").encode())
+        job.always(("remove the one-time key", lambda: job.target.run(
+            f"sed -i '/ podmigrate-{job.id}$/d' {AUTHORIZED_KEYS}", check=False)))
+        job.source.run(f"umask 077; cat > {job.directory}/key", stdin=private.encode())
+        job.source.run(f"umask 077; cat > {job.directory}/known_hosts",
+                       stdin=f"{job.target_ip} {host_key[0]} {host_key[1]}\n".encode())
+
+    def ssh_args(self):
+        return ["--to", self.job.target_ip, "--key", f"{self.job.directory}/key",
+                "--known-hosts", f"{self.job.directory}/known_hosts"]
+
+    def dump_args(self):
+        return [*self.ssh_args(), "--port", self.page_port]
+
+    def carry(self):
+        job = self.job
+        sent = json.loads(job.source.helper(
+            "send", f"{job.directory}/payload", *self.ssh_args(), "--migration", job.id, "--name", "payload",
+            timeout=job.timeout).strip().splitlines()[-1])
+        return {"sha256": sent["sha256"], "bytes": sent["bytes"], "sent_bytes": sent["wire_bytes"],
+                "attempts": sent["attempts"]}
+
+
+class DirShare(Transfer):
+    """One tar file through a directory both nodes mount (`pack`, a copy, `unpack`)."""
+
+    def prepare(self):
+        # the target must see what the source writes: a directory of the same name on
+        # each node is not yet a share
+        job = self.job
+        self.share = f"{job.share_dir}/{job.id}"
+        quoted = shlex.quote(self.share)
+        job.source.run(f"install -d -m 0700 {quoted} && echo {job.id} > {quoted}/probe")
+        job.always(("remove the share's files", lambda: job.source.run(f"rm -rf {quoted}", check=False)))
+        seen = job.target.run(f"cat {quoted}/probe", check=False).strip()
+        if seen != job.id:
+            raise NodeError(f"{job.target.name} does not see what {job.source.name} writes to {job.share_dir}: "
+                            "is the share mounted on both?")
+
+    def carry(self):
+        job = self.job
+        packed = json.loads(job.source.helper("pack", job.id, timeout=job.timeout))
+        received = shlex.quote(f"{self.share}/payload.tar")
+        job.source.run(f"set -e; cp {packed['path']} {received}.part; sync {received}.part; "
+                       f"mv {received}.part {received}", timeout=job.timeout)
+        job.target.helper("unpack", job.id, f"{self.share}/payload.tar", "--sha256", packed["sha256"],
+                          timeout=job.timeout)
+        return {"sha256": packed["sha256"], "bytes": packed["bytes"], "sent_bytes": packed["bytes"], "attempts": 1}
+
+
+class SmbShare(Transfer):
+    """One tar file through an SMB share (Azure Files, Samba) the node helper reaches with an
+    SMB client library: uploaded, read back from the share, then downloaded, size and sha256
+    checked."""
+
+    def problems(self):
+        found = []
+        for node in (self.job.source, self.job.target):
+            try:
+                node.helper("smb-check")
+            except NodeError as exc:
+                found.append(f"node {node.name} cannot use the SMB share: {exc}")
+        return found
+
+    def prepare(self):
+        # the target must read what the source writes to the share, checked as a checkpoint is
+        job = self.job
+        job.always(("remove the share's files", lambda: job.source.helper("smb-rm", job.id, check=False)))
+        probe = f"{job.directory}/probe"
+        job.source.run(f"echo {job.id} > {probe}")
+        self.copy(probe, "probe", probe)
+
+    def copy(self, path, name, dest):
+        """The source's file ``path`` to the target's ``dest`` through the share: uploaded,
+        read back there, and taken only whole, its size and sha256 as sent."""
+        job = self.job
+        remote = f"{job.id}/{name}"
+        sent = json.loads(job.source.helper("smb-put", path, remote, timeout=job.timeout).strip().splitlines()[-1])
+        job.target.helper("smb-get", remote, dest, "--sha256", sent["sha256"], "--size", sent["bytes"],
+                          timeout=job.timeout)
+        return sent
+
+    def carry(self):
+        job = self.job
+        packed = json.loads(job.source.helper("pack", job.id, timeout=job.timeout))
+        received = f"{job.directory}/payload.tar"
+        sent = self.copy(packed["path"], "payload.tar", received)
+        job.target.helper("unpack", job.id, received, "--sha256", packed["sha256"], timeout=job.timeout)
+        return {"sha256": sent["sha256"], "bytes": sent["bytes"], "sent_bytes": sent["wire_bytes"], "attempts": 1}
+
+
+def choose(job, transfer, share):
+    """The transfer named ``transfer`` (and, for ``share``, what it goes through)."""
+    if transfer == "direct":
+        return Direct(job)
+    return SmbShare(job) if share == "smb" else DirShare(job)

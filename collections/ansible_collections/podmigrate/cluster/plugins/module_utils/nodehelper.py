@@ -1,0 +1,59 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The node helper as one file, built from its modules: a Python zip archive of the
+``podmigrate_node`` package and ``podmigrate_runtime.py`` (roles/migration_node/files).
+
+The archive is byte for byte the same wherever and whenever it is built from the same
+sources (entries sorted, stored uncompressed, with fixed dates and modes), so its sha256
+is the helper's version: the controller computes it from its own sources and the engine
+refuses a node whose helper reports another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+
+PACKAGE = "podmigrate_node"
+RUNTIME = "podmigrate_runtime.py"
+SHEBANG = b"#!/usr/bin/python3\n"
+ENTRY = b"from podmigrate_node.cli import main\n\nmain()\n"
+EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def sources(files_dir):
+    """{name in the archive: path} of the helper's sources under ``files_dir``."""
+    package = os.path.join(files_dir, PACKAGE)
+    found = {f"{PACKAGE}/{name}": os.path.join(package, name)
+             for name in os.listdir(package) if name.endswith(".py")}
+    if f"{PACKAGE}/cli.py" not in found:
+        raise FileNotFoundError(f"{package} holds no node helper (no cli.py)")
+    found[RUNTIME] = os.path.join(files_dir, RUNTIME)
+    return found
+
+
+def build(files_dir):
+    """The archive's bytes."""
+    out = io.BytesIO()
+    out.write(SHEBANG)
+    members = {name: _read(path) for name, path in sources(files_dir).items()}
+    members["__main__.py"] = ENTRY
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=EPOCH)
+            info.external_attr = 0o100644 << 16
+            info.create_system = 3  # unix, wherever it is built
+            archive.writestr(info, members[name])
+    return out.getvalue()
+
+
+def digest(files_dir):
+    """The version the helper built from ``files_dir`` reports."""
+    return hashlib.sha256(build(files_dir)).hexdigest()
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,50 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""podmigrate's helper on every node (installed by the migration_node role).
+
+The migration engine runs it over SSH; it needs only Python's standard library, zstd,
+ssh, tar, iptables, runc and ctr. It is installed as one file, a Python zip archive of this
+package and podmigrate_runtime.py (module_utils/nodehelper.py builds it; its sha256 is its
+version). Beside it lies podmigrate_runtime.py, the runtime of the ``podmigrate``
+RuntimeClass that restores a pod's containers on the target node.
+
+  version                         sha256 of the helper's archive (the engine refuses a stale
+                                  helper, or a runtime beside it that is not its own)
+  images-present IMAGE...         which of these image references this node's containerd
+                                  lacks (as containerd names them: docker.io/library/...)
+  preflight POD-UID               what each process of the pod holds that matters to CRIU: its
+                                  sockets (family, type, protocol), anonymous inodes and
+                                  character devices (open or mapped); the engine judges them
+  freeze POD-UID / thaw POD-UID   freeze every container of the pod at once (the freezer
+                                  cgroup of each), or thaw them
+  dump POD-UID ID [--volume V]... [--to HOST --key K --known-hosts F --port P]
+                                  with the pod frozen: each container's processes by
+                                  runc checkpoint (CRIU, left frozen), its writable-layer
+                                  changes and the emptyDir volumes V, into the migration's
+                                  payload directory (root only); with --to, the memory
+                                  pages go as they are dumped to HOST's page server over
+                                  SSH (`page-server`), the rest stays for `send`
+  page-server ID NAME PORT        (forced command) CRIU's page server for one container
+  pack ID                         the payload as one tar file (for the share transfer)
+  unpack ID --sha256 X            payload.tar, sha256 checked, back into the payload directory
+  kill POD-UID [--wait S]         after the commit: once the kubelet has signalled the frozen
+                                  containers (their deletion began), SIGKILL every process,
+                                  then thaw: none runs another instruction
+  restored ID POD-UID             which of the pod's containers the runtime restored
+  send DIR --to HOST --key K --known-hosts F --migration ID --name NAME
+                                  stream DIR as tar, zstd-compressed, over SSH to HOST's
+                                  `receive`; retried; prints the checksums of both ends
+  receive ID NAME                 (the forced command of a migration's one-time SSH key)
+                                  unpack stdin into the migration's directory NAME
+  fence IP ID / unfence ID        refuse new connections forwarded to a pod IP
+  smb-check                       reach the SMB share of /etc/podmigrate/smb.json (nothing written)
+  smb-put FILE NAME               upload FILE to NAME.part on the share, read it back from the
+                                  share (size, sha256), then rename it to NAME; prints both
+  smb-get NAME DEST --sha256 X --size N
+                                  refuse unless NAME (never a .part) is on the share with that
+                                  size; download it to DEST, sha256 checked before DEST exists
+  smb-rm NAME                     remove NAME (a file or a directory tree) from the share
+
+The smb-* commands use the smbprotocol library (a pure Python SMB 2/3 client, the wheel
+the migration_node role puts in /usr/local/lib/podmigrate/python), imported only by them.
+"""

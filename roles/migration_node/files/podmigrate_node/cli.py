@@ -1,0 +1,92 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The helper's command line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import zipfile
+
+from podmigrate_node import __doc__ as usage
+from podmigrate_node.common import fail
+from podmigrate_node.dump import cmd_dump
+from podmigrate_node.fence import cmd_fence, cmd_unfence
+from podmigrate_node.pod import cmd_freeze, cmd_images_present, cmd_kill, cmd_restored, cmd_thaw
+from podmigrate_node.preflight import cmd_preflight
+from podmigrate_node.smb import cmd_smb_check, cmd_smb_get, cmd_smb_put, cmd_smb_rm
+from podmigrate_node.stream import cmd_forced, cmd_pack, cmd_page_server, cmd_receive, cmd_send, cmd_unpack
+
+
+def self_digest():
+    """The helper's version: the sha256 of the archive it runs from (built by module_utils.
+    nodehelper), when the runtime installed beside it is the one the archive holds; else
+    says which part is stale."""
+    archive = getattr(__loader__, "archive", None)
+    if not archive:
+        fail("not run from the helper's archive: it has no version")
+    with open(archive, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with zipfile.ZipFile(archive) as z:
+        shipped = z.read("podmigrate_runtime.py")
+    try:
+        with open(os.path.join(os.path.dirname(archive), "podmigrate_runtime.py"), "rb") as f:
+            installed = f.read()
+    except OSError:
+        installed = None
+    return digest if installed == shipped else f"{digest}-stale-runtime"
+
+
+# each command and its arguments: NAME positional, NAME* any number of them; --OPT an option,
+# --OPT! required, --OPT+ repeatable, --OPT:int / :float its type, =VALUE its default
+COMMANDS = {
+    "version": (lambda _args: print(self_digest()), ""),
+    "images-present": (cmd_images_present, "refs*"),
+    "preflight": (cmd_preflight, "uid"),
+    "freeze": (cmd_freeze, "uid migration --timeout:float=10"),
+    "thaw": (cmd_thaw, "uid"),
+    "dump": (cmd_dump, "uid migration --volume+ --to --key --known-hosts --port:int"),
+    "page-server": (cmd_page_server, "migration name port:int"),
+    "send": (cmd_send, "dir --to! --key! --known-hosts! --migration! --name! --retries:int=3 --level:int=1"),
+    "receive": (cmd_receive, "migration name"),
+    "forced": (cmd_forced, ""),
+    "pack": (cmd_pack, "migration"),
+    "unpack": (cmd_unpack, "migration tar --sha256!"),
+    "kill": (cmd_kill, "uid migration --wait:float=10"),
+    "restored": (cmd_restored, "migration uid"),
+    "fence": (cmd_fence, "ip migration"),
+    "unfence": (cmd_unfence, "migration"),
+    "smb-check": (cmd_smb_check, ""),
+    "smb-put": (cmd_smb_put, "file name"),
+    "smb-get": (cmd_smb_get, "name dest --sha256! --size:int!"),
+    "smb-rm": (cmd_smb_rm, "name"),
+}
+TYPES = {"int": int, "float": float}
+
+
+def add_arguments(parser, spec):
+    for word in spec.split():
+        word, _, default = word.partition("=")
+        required, many, repeat = word.endswith("!"), word.endswith("*"), word.endswith("+")
+        word, _, kind = word.rstrip("!*+").partition(":")
+        kw = {"type": TYPES[kind]} if kind else {}
+        if word.startswith("--"):
+            kw.update(required=required, **({"action": "append", "default": []} if repeat else {}))
+            if default:
+                kw["default"] = kw.get("type", str)(default)
+        elif many:
+            kw["nargs"] = "*"
+        parser.add_argument(word, **kw)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="podmigrate-node", description=usage,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, spec) in COMMANDS.items():
+        command = sub.add_parser(name)
+        add_arguments(command, spec)
+        command.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    args.func(args)

@@ -1,0 +1,144 @@
+# Copyright: podmigrate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the processes of a pod hold that CRIU must dump specially (the engine judges it)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import stat
+
+from podmigrate_node.pod import pod_containers
+
+
+def pod_processes(uid, proc="/proc"):
+    """{pid: container id} of every process in a pod's container cgroups (cgroupfs or systemd
+    driver names), the pod's sandbox included."""
+    marks = (f"pod{uid}/", f"pod{uid.replace('-', '_')}.slice/")
+    found = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue  # gone meanwhile
+        for line in lines:
+            path = line.split(":", 2)[-1]
+            mark = next((m for m in marks if m in path), None)
+            if mark:
+                leaf = path.split(mark, 1)[1].split("/")[0]
+                found[int(entry)] = re.sub(r"^cri-containerd-|\.scope$", "", leaf)
+                break
+    return found
+
+
+def _socket_of(pidfd, fd):
+    """(family, type, protocol, local address) of a process's socket, from a copy of its file
+    descriptor (pidfd_getfd, kernel >= 5.6); None where the kernel refuses the copy."""
+    import ctypes
+    import socket
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    copy = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd (438 on every architecture but alpha)
+    if copy < 0:
+        return None
+    sock = socket.socket(fileno=copy)
+    try:
+        try:
+            local = sock.getsockname()
+        except OSError:
+            local = None
+        return sock.family, sock.type, sock.proto, _address_text(local)
+    finally:
+        sock.detach()
+        os.close(copy)
+
+
+def _address_text(local):
+    """A socket's address as JSON can carry it: [host, port] for IP, a path, @NAME for an
+    abstract unix socket (which Python gives as bytes)."""
+    if isinstance(local, tuple):
+        return list(local[:2])
+    if isinstance(local, bytes):
+        return "@" + local[1:].decode(errors="replace") if local[:1] == b"\0" else local.decode(errors="replace")
+    return None if local is None else str(local)
+
+
+def process_holdings(pid, proc="/proc"):
+    """What process PID holds that CRIU has to dump specially: its sockets (one per kind, with
+    how many), its anonymous inodes and its character devices, open or mapped."""
+    base = f"{proc}/{pid}"
+    with open(f"{base}/comm") as f:
+        comm = f.read().strip()
+    nspid = pid
+    with open(f"{base}/status") as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                nspid = int(line.split()[-1])
+    sockets, anon, devices = {}, {}, {}
+    pidfd = None
+    with contextlib.suppress(OSError):  # else the sockets cannot be copied; CRIU still checks them in the dump
+        pidfd = os.pidfd_open(pid)
+    try:
+        fds = sorted(os.listdir(f"{base}/fd"), key=int)
+    except OSError:
+        fds = []
+    for fd in fds:
+        try:
+            target = os.readlink(f"{base}/fd/{fd}")
+            st = os.stat(f"{base}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            kind = _socket_of(pidfd, int(fd)) if pidfd is not None else None
+            if kind is None:
+                continue
+            family, type_, proto, local = kind
+            key = (int(family), int(type_), proto)
+            entry = sockets.setdefault(key, {"family": key[0], "type": key[1], "proto": proto, "fd": int(fd),
+                                             "local": local, "count": 0})
+            entry["count"] += 1
+        elif target.startswith("anon_inode:"):
+            anon.setdefault(target.split(":", 1)[1], int(fd))
+        elif stat.S_ISCHR(st.st_mode):
+            devices.setdefault(target, {"path": target, "rdev": [os.major(st.st_rdev), os.minor(st.st_rdev)],
+                                        "fd": int(fd)})
+    if pidfd is not None:
+        os.close(pidfd)
+    try:
+        with open(f"{base}/maps") as f:
+            maps = f.read().splitlines()
+    except OSError:
+        maps = []
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[4] == "0" or not fields[5].startswith("/"):
+            continue
+        try:
+            st = os.stat(f"{base}/map_files/{fields[0]}")
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode):
+            path = fields[5]
+            devices.setdefault(f"map:{path}", {"path": path, "rdev": [os.major(st.st_rdev), os.minor(st.st_rdev)],
+                                               "mapped": True})
+    return {"pid": pid, "nspid": nspid, "comm": comm, "sockets": list(sockets.values()),
+            "anon": [{"kind": k, "fd": v} for k, v in anon.items()], "devices": list(devices.values())}
+
+
+def cmd_preflight(args):
+    names = {c["id"]: c["name"] for c in pod_containers(args.uid)}
+    found = []
+    for pid, cid in sorted(pod_processes(args.uid).items()):
+        if cid not in names:
+            continue  # the sandbox (pause): restored by the runtime, not by CRIU
+        try:
+            found.append({"container": names[cid], **process_holdings(pid)})
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+    print(json.dumps({"processes": found}))
