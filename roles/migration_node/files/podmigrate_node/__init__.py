@@ -15,15 +15,18 @@ RuntimeClass that restores a pod's containers on the target node.
   preflight POD-UID               what each process of the pod holds that matters to CRIU: its
                                   sockets (family, type, protocol), anonymous inodes and
                                   character devices (open or mapped); the engine judges them
-  freeze POD-UID / thaw POD-UID   freeze every container of the pod at once (the freezer
-                                  cgroup of each), or thaw them
-  dump POD-UID ID [--volume V]... [--to HOST --key K --known-hosts F --port P]
-                                  with the pod frozen: each container's processes by
-                                  runc checkpoint (CRIU, left frozen), its writable-layer
-                                  changes and the emptyDir volumes V, into the migration's
-                                  payload directory (root only); with --to, the memory
-                                  pages go as they are dumped to HOST's page server over
-                                  SSH (`page-server`), the rest stays for `send`
+  thaw POD-UID                    thaw every container of the pod (a rollback)
+  dump POD-UID ID [--volume V]... [--to HOST --key K --known-hosts F --port NAME=P...]
+                                  a session with the engine (JSON lines): the pod's
+                                  containers found and, with --to, one page tunnel per
+                                  container opened to HOST's page server on port P, all
+                                  before the freeze ("ready"); on "freeze" every container
+                                  frozen at once (its freezer cgroup); then each one's
+                                  processes dumped by runc checkpoint (CRIU, left frozen),
+                                  its writable-layer changes and the emptyDir volumes V, into
+                                  the migration's payload directory (root only); with --to
+                                  the memory pages go to HOST as they are dumped, the rest
+                                  goes right after, with --send
   page-server ID NAME PORT        (forced command) CRIU's page server for one container
   pack ID                         the payload as one tar file (for the share transfer)
   unpack ID --sha256 X            payload.tar, sha256 checked, back into the payload directory
@@ -31,9 +34,6 @@ RuntimeClass that restores a pod's containers on the target node.
                                   containers (their deletion began), SIGKILL every process,
                                   then thaw: none runs another instruction
   restored ID POD-UID             which of the pod's containers the runtime restored
-  send DIR --to HOST --key K --known-hosts F --migration ID --name NAME
-                                  stream DIR as tar, zstd-compressed, over SSH to HOST's
-                                  `receive`; retried; prints the checksums of both ends
   receive ID NAME                 (the forced command of a migration's one-time SSH key)
                                   unpack stdin into the migration's directory NAME
   fence IP ID / unfence ID        refuse new connections forwarded to a pod IP

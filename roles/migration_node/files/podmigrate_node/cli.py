@@ -13,10 +13,10 @@ from podmigrate_node import __doc__ as usage
 from podmigrate_node.common import fail
 from podmigrate_node.dump import cmd_dump
 from podmigrate_node.fence import cmd_fence, cmd_unfence
-from podmigrate_node.pod import cmd_freeze, cmd_images_present, cmd_kill, cmd_restored, cmd_thaw
+from podmigrate_node.pod import cmd_images_present, cmd_kill, cmd_restored, cmd_thaw
 from podmigrate_node.preflight import cmd_preflight
 from podmigrate_node.smb import cmd_smb_check, cmd_smb_get, cmd_smb_put, cmd_smb_rm
-from podmigrate_node.stream import cmd_forced, cmd_pack, cmd_page_server, cmd_receive, cmd_send, cmd_unpack
+from podmigrate_node.stream import cmd_forced, cmd_pack, cmd_page_server, cmd_receive, cmd_unpack
 
 
 def self_digest():
@@ -39,16 +39,14 @@ def self_digest():
 
 
 # each command and its arguments: NAME positional, NAME* any number of them; --OPT an option,
-# --OPT! required, --OPT+ repeatable, --OPT:int / :float its type, =VALUE its default
+# --OPT! required, --OPT+ repeatable, --OPT? a flag, --OPT:int / :float its type, =VALUE its default
 COMMANDS = {
     "version": (lambda _args: print(self_digest()), ""),
     "images-present": (cmd_images_present, "refs*"),
     "preflight": (cmd_preflight, "uid"),
-    "freeze": (cmd_freeze, "uid migration --timeout:float=10"),
     "thaw": (cmd_thaw, "uid"),
-    "dump": (cmd_dump, "uid migration --volume+ --to --key --known-hosts --port:int"),
+    "dump": (cmd_dump, "uid migration --volume+ --to --key --known-hosts --port+ --send?"),
     "page-server": (cmd_page_server, "migration name port:int"),
-    "send": (cmd_send, "dir --to! --key! --known-hosts! --migration! --name! --retries:int=3 --level:int=1"),
     "receive": (cmd_receive, "migration name"),
     "forced": (cmd_forced, ""),
     "pack": (cmd_pack, "migration"),
@@ -68,11 +66,12 @@ TYPES = {"int": int, "float": float}
 def add_arguments(parser, spec):
     for word in spec.split():
         word, _, default = word.partition("=")
-        required, many, repeat = word.endswith("!"), word.endswith("*"), word.endswith("+")
-        word, _, kind = word.rstrip("!*+").partition(":")
+        required, many, repeat, flag = (word.endswith(c) for c in "!*+?")
+        word, _, kind = word.rstrip("!*+?").partition(":")
         kw = {"type": TYPES[kind]} if kind else {}
         if word.startswith("--"):
-            kw.update(required=required, **({"action": "append", "default": []} if repeat else {}))
+            kw.update(required=required, **({"action": "append", "default": []} if repeat else {}),
+                      **({"action": "store_true"} if flag else {}))
             if default:
                 kw["default"] = kw.get("type", str)(default)
         elif many:

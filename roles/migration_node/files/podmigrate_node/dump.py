@@ -7,29 +7,63 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 from podmigrate_node.common import RUNC_ROOT, SAFE, criu_errors, du, fail, migration_dir, runtime
-from podmigrate_node.pod import empty_dirs, is_frozen, running, upper_dir
-from podmigrate_node.stream import PageTunnel
+from podmigrate_node.pod import empty_dirs, freeze, is_frozen, running, upper_dir
+from podmigrate_node.stream import PageTunnel, open_receive, send
 
 
 def cmd_dump(args):
-    """Dump the frozen pod into the migration's payload: per container its CRIU images (runc
-    checkpoint, left running, so still frozen) and its writable-layer changes; the emptyDir
-    volumes once, all while nothing in the pod runs."""
+    """Freeze the pod and dump it into the migration's payload: per container its CRIU images
+    (runc checkpoint, left running, so still frozen) and its writable-layer changes; the
+    emptyDir volumes once, all while nothing in the pod runs.
+
+    A session with the engine, one JSON line each way: what can be done before the freeze is
+    done first (the pod's containers found, the page tunnels to the target opened), then
+    {"ready"}; on the engine's "freeze" line the pod is frozen, {"frozen", "seconds"}; then
+    the dump and its report; with --send, the payload sent to the target (--to) over an SSH
+    session opened before the freeze, and the send's report. The end of stdin before
+    "freeze" ends it, nothing frozen."""
     directory = migration_dir(args.migration)
     payload = os.path.join(directory, "payload")
     os.makedirs(payload, mode=0o700, exist_ok=True)
     live = running(args.uid)
+    for c in live:
+        if not SAFE.match(c["name"] or ""):
+            fail(f"bad container name {c['name']!r}")
+    ports = dict(p.split("=", 1) for p in args.port)
+    tunnels, receiver = {}, None
+    try:
+        if args.send:
+            receiver = open_receive(args, "payload")
+        if args.to:
+            for c in live:
+                if c["name"] not in ports:
+                    fail(f"no page server port for container {c['name']}")
+                tunnels[c["name"]] = PageTunnel(args, c["name"], int(ports[c["name"]]))
+        print(json.dumps({"ready": [c["name"] for c in live]}), flush=True)
+        if sys.stdin.readline().strip() != "freeze":
+            fail("the engine went away before the freeze: nothing was frozen")
+        print(json.dumps({"frozen": [c["name"] for c in live], "seconds": freeze(live, directory)}), flush=True)
+        print(json.dumps(dump(args, live, payload, directory, tunnels)), flush=True)
+        if args.send:
+            print(json.dumps(send(args, payload, "payload", opened=receiver)), flush=True)
+    finally:
+        for tunnel in tunnels.values():
+            tunnel.close()
+        if receiver and receiver.poll() is None:
+            receiver.kill()
+
+
+def dump(args, live, payload, directory, tunnels):
     thawed = [c["name"] for c in live if not is_frozen(c["freezer"])]
     if thawed:
         fail(f"container(s) {', '.join(thawed)} of pod {args.uid} are not frozen")
     report = {"containers": {}}
     for c in live:
         name = c["name"]
-        if not SAFE.match(name or ""):
-            fail(f"bad container name {name!r}")
         here = os.path.join(payload, name)
         work = os.path.join(directory, "work", name)
         os.makedirs(here, mode=0o700)
@@ -37,15 +71,11 @@ def cmd_dump(args):
         started = time.monotonic()
         command = [runtime().runc(), "--root", RUNC_ROOT, "checkpoint", "--leave-running", "--file-locks",
                    "--image-path", os.path.join(here, "images"), "--work-path", work]
-        tunnel = PageTunnel(args, name) if args.to else None
-        try:
-            if tunnel:
-                command += ["--page-server", f"127.0.0.1:{tunnel.local_port}"]
-            res = subprocess.run([*command, c["id"]], capture_output=True, text=True, check=False)
-            streamed = tunnel.finish() if tunnel and res.returncode == 0 else None
-        finally:
-            if tunnel:
-                tunnel.close()
+        tunnel = tunnels.get(name)
+        if tunnel:
+            command += ["--page-server", f"127.0.0.1:{tunnel.local_port}"]
+        res = subprocess.run([*command, c["id"]], capture_output=True, text=True, check=False)
+        streamed = tunnel.finish() if tunnel and res.returncode == 0 else None
         if res.returncode != 0:
             fail(f"checkpoint of {name} failed: {res.stderr.strip()[-300:]}" + criu_errors(f"{work}/dump.log"))
         dumped = time.monotonic()
@@ -67,4 +97,4 @@ def cmd_dump(args):
             subprocess.run(["tar", "-C", empty_dirs(args.uid), "--numeric-owner", "-cf", "-", "--", *args.volume],
                            stdout=f, check=True)
         report["volumes"] = {"names": args.volume, "bytes": os.path.getsize(out)}
-    print(json.dumps(report))
+    return report

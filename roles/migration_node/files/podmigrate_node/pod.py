@@ -111,33 +111,40 @@ def cmd_images_present(args):
     print(json.dumps({"missing": [normalized(ref) for ref in args.refs if normalized(ref) not in listed]}))
 
 
-def cmd_freeze(args):
-    """Freeze every running container of the pod at once: each one's freezer written in
-    one pass, then waited for. Records the signals pending at the freeze (``kill`` waits
-    for the kubelet's). Fails, thawing them all, when one does not freeze."""
-    directory = migration_dir(args.migration)
+def freeze(live, directory, timeout=10.0):
+    """Freeze the running containers ``live`` (as ``running`` found them) at once: each
+    one's freezer written in one pass, then waited for. Records the signals pending at the
+    freeze (``kill`` waits for the kubelet's). Fails, thawing them all, when one does not
+    freeze or is no longer the process it was. Returns its seconds."""
     started = time.monotonic()
-    live = running(args.uid)
     if not live:
-        fail(f"pod {args.uid} has no running container")
+        fail("the pod has no running container")
     for c in live:
         set_frozen(c["freezer"], True)
-    deadline = time.monotonic() + args.timeout
+    deadline = time.monotonic() + timeout
     while not all(is_frozen(c["freezer"]) for c in live):
         if time.monotonic() > deadline:
-            for c in live:
-                set_frozen(c["freezer"], False)
-            fail(f"the containers of pod {args.uid} did not freeze within {args.timeout} s")
+            thaw(live)
+            fail(f"the containers {', '.join(c['name'] for c in live)} did not freeze within {timeout} s")
         time.sleep(0.001)
+    gone = [c["name"] for c in live if not os.path.exists(f"/proc/{c['state']['pid']}")]
+    if gone:
+        thaw(live)
+        fail(f"container(s) {', '.join(gone)} ended or restarted before the freeze")
     with open(os.path.join(directory, "pending.json"), "w") as f:
         json.dump({c["id"]: pending_signals(c["state"]["pid"]) for c in live}, f)
-    print(json.dumps({"frozen": [c["name"] for c in live], "seconds": round(time.monotonic() - started, 4)}))
+    return round(time.monotonic() - started, 4)
+
+
+def thaw(live):
+    for c in live:
+        with contextlib.suppress(FileNotFoundError):
+            set_frozen(c["freezer"], False)
 
 
 def cmd_thaw(args):
     live = running(args.uid)
-    for c in live:
-        set_frozen(c["freezer"], False)
+    thaw(live)
     print(json.dumps({"thawed": [c["name"] for c in live]}))
 
 

@@ -1,6 +1,6 @@
 # Copyright: podmigrate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Bytes between nodes: the payload as a tar stream over SSH (`send`/`receive`), CRIU's page
+"""Bytes between nodes: the payload as a tar stream over SSH (`send`, into `receive`), CRIU's page
 server behind a migration's one-time key (`page-server`, `PageTunnel`), and the payload as one
 tar file for the share transfer (`pack`/`unpack`)."""
 
@@ -87,18 +87,26 @@ def migration_ssh(key, known_hosts):
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", "-o", "Compression=no"]
 
 
-def cmd_send(args):
-    ssh = [*migration_ssh(args.key, args.known_hosts), f"root@{args.to}", f"receive {args.migration} {args.name}"]
-    if not os.path.isdir(args.dir):
-        fail(f"{args.dir} is not a directory")
+def open_receive(args, name):
+    """An SSH session to the target's `receive` of ``name``, opened ahead of the send (its
+    handshake then costs the migration nothing while the pod is frozen)."""
+    ssh = [*migration_ssh(args.key, args.known_hosts), f"root@{args.to}", f"receive {args.migration} {name}"]
+    return subprocess.Popen(ssh, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def send(args, directory, name, retries=3, level=1, opened=None):
+    """DIRECTORY as a tar stream, zstd-compressed, into the target's `receive` of NAME (the
+    first attempt through ``opened`` when given); retried; the checksums of both ends."""
+    if not os.path.isdir(directory):
+        fail(f"{directory} is not a directory")
     errors = []
-    for attempt in range(1, args.retries + 1):
+    for attempt in range(1, retries + 1):
         started = time.monotonic()
-        tar = subprocess.Popen(["tar", "-C", args.dir, "--numeric-owner", "-cf", "-", "."], stdout=subprocess.PIPE)
-        zstd = subprocess.Popen(["zstd", f"-{args.level}", "-T0", "-q", "-c"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE)
-        remote = subprocess.Popen(ssh, stdin=zstd.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        zstd.stdout.close()
+        remote, opened = opened or open_receive(args, name), None
+        tar = subprocess.Popen(["tar", "-C", directory, "--numeric-owner", "-cf", "-", "."], stdout=subprocess.PIPE)
+        zstd = subprocess.Popen(["zstd", f"-{level}", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=remote.stdin)
+        remote.stdin.close()
+        remote.stdin = None  # zstd has it now (communicate must not flush it)
         digest, size = hashlib.sha256(), [0]
         try:
             pump(tar.stdout, zstd.stdin, digest, size)
@@ -107,10 +115,10 @@ def cmd_send(args):
         finally:
             with contextlib.suppress(BrokenPipeError):
                 zstd.stdin.close()
-        out, err = remote.communicate()
         zstd.wait()
+        out, err = remote.communicate()
         if tar.wait() != 0:
-            fail(f"tar of {args.dir} failed")
+            fail(f"tar of {directory} failed")
         answer = None
         if remote.returncode == 0:
             try:
@@ -118,14 +126,12 @@ def cmd_send(args):
             except (ValueError, IndexError):
                 answer = None
         if answer and answer.get("sha256") == digest.hexdigest() and answer.get("bytes") == size[0]:
-            print(json.dumps({"sha256": digest.hexdigest(), "bytes": size[0], "wire_bytes": answer["wire_bytes"],
-                              "attempts": attempt, "seconds": round(time.monotonic() - started, 3),
-                              "errors": errors}))
-            return
+            return {"sha256": digest.hexdigest(), "bytes": size[0], "wire_bytes": answer["wire_bytes"],
+                    "attempts": attempt, "seconds": round(time.monotonic() - started, 3), "errors": errors}
         errors.append(f"attempt {attempt}: " + (err.decode(errors="replace").strip()[-400:]
                                                  or f"checksum mismatch: sent {digest.hexdigest()}, got {answer}"))
         time.sleep(min(2 ** attempt, 10) * 0.5)
-    fail(f"sending {args.dir} to {args.to} failed {args.retries} times: " + " | ".join(errors))
+    fail(f"sending {directory} to {args.to} failed {retries} times: " + " | ".join(errors))
 
 
 def cmd_forced(_args):
@@ -183,7 +189,7 @@ class PageTunnel:
     one container: the dump sends its memory pages through it as it reads them, encrypted,
     and writes none of them here."""
 
-    def __init__(self, args, name):
+    def __init__(self, args, name, port):
         import socket
 
         with socket.socket() as probe:
@@ -191,8 +197,8 @@ class PageTunnel:
             self.local_port = probe.getsockname()[1]
         self.proc = subprocess.Popen(
             [*migration_ssh(args.key, args.known_hosts), "-o", "ExitOnForwardFailure=yes",
-             "-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{args.port}", f"root@{args.to}",
-             f"page-server {args.migration} {name} {args.port}"],
+             "-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{port}", f"root@{args.to}",
+             f"page-server {args.migration} {name} {port}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         if line != "ready":

@@ -17,10 +17,12 @@ an Event on the pod):
   images      (when needed) the pod's images the target lacks, from the source's containerd
   stage       the restored pod created on the target, its sandbox, network and volumes set
               up while the source runs; podmigrate's runtime holds its containers until
-              the payload arrives
+              the payload arrives; meanwhile the source's dump session finds the pod's
+              containers and opens the page tunnels to the target
   fence       new connections to the source pod refused
-  freeze      every container of the source pod frozen at once (its freezer cgroup): from
-              here to the commit the source answers nothing the restored pod will not have
+  freeze      every container of the source pod frozen at once (its freezer cgroup) by the
+              dump session, which dumps right after: from here to the commit the source
+              answers nothing the restored pod will not have
   checkpoint  each container dumped by runc/CRIU (left frozen), its writable-layer changes
               and the pod's emptyDir volumes, while frozen; with the direct transfer the
               memory pages stream to the target's CRIU page server through SSH as dumped
@@ -215,15 +217,21 @@ class Migration(Runner):
         self.always(("lift the fence", lambda: self.source.helper("unfence", self.id, check=False)))
         self.source.helper("fence", self.pod_ip, self.id)
 
+    def open_capture(self):
+        """The source's dump session, started while the pod still runs: it finds the pod's
+        containers and opens the page tunnels now, so that neither is downtime; it freezes
+        the pod when told (``freeze``) and dumps it at once, with no round trip between."""
+        volumes = [a for v in self.volumes for a in ("--volume", v)]
+        self.capture = self.source.session("dump", self.uid, self.id, *volumes, *self.carrier.dump_args())
+        self.always(("end the dump session", self.capture.close))
+
     def freeze(self):
         self.on_rollback(("thaw the source", lambda: self.source.helper("thaw", self.uid)))
-        frozen = json.loads(self.source.helper("freeze", self.uid, self.id))
-        self.report["freeze_seconds"] = frozen["seconds"]
+        self.capture.send("freeze")
+        self.report["freeze_seconds"] = self.capture.answer(60)["seconds"]
 
     def checkpoint(self):
-        volumes = [a for v in self.volumes for a in ("--volume", v)]
-        dumped = json.loads(self.source.helper("dump", self.uid, self.id, *volumes, *self.carrier.dump_args(),
-                                               timeout=self.timeout))
+        dumped = self.capture.answer(self.timeout)
         for name, entry in dumped["containers"].items():
             self.report["containers"].setdefault(name, {}).update(
                 checkpoint_bytes=entry["image_bytes"], rootfs_bytes=entry["rootfs_bytes"],
@@ -238,7 +246,9 @@ class Migration(Runner):
         """The restored pod created on the target before the freeze: the kubelet admits it and
         sets up its sandbox, network and volumes while the source still runs; podmigrate's
         runtime holds its first container until the payload has arrived (the ``expect``
-        file, with a deadline). So none of that is downtime."""
+        file, with a deadline). Meanwhile the source's dump session gets ready. So none of
+        that is downtime."""
+        self.open_capture()
         deadline = time.time() + 3 * self.timeout
         self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
         restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
@@ -255,6 +265,7 @@ class Migration(Runner):
                 raise NodeError(f"restored pod {self.restored_name} was never ready to restore: "
                                 f"{problem.removeprefix('failed: ') or 'its runtime did not start waiting'}")
             time.sleep(0.05)
+        self.capture.answer(self.timeout)  # the source's dump session is ready
 
     def abandon_restored(self):
         """The staged or restored pod deleted: its runtime first told to give up waiting (a

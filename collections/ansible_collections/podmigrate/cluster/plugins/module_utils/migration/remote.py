@@ -6,8 +6,11 @@ by the commands of a migration, and the node helper the migration_node role inst
 from __future__ import annotations
 
 import contextlib
+import json
+import select
 import shlex
 import subprocess
+import time
 
 HELPER = "/usr/local/libexec/podmigrate/podmigrate-node"
 MIGRATIONS = "/var/lib/podmigrate/migrations"
@@ -58,7 +61,14 @@ class Node:
         return res.stdout.decode(errors="replace")
 
     def helper(self, *args, **kw):
-        return self.run(" ".join([HELPER, *(shlex.quote(str(a)) for a in args)]), **kw)
+        return self.run(self.helper_command(args), **kw)
+
+    def helper_command(self, args):
+        return " ".join([HELPER, *(shlex.quote(str(a)) for a in args)])
+
+    def session(self, *args):
+        """The helper run with ``args`` as a session: JSON lines each way (``Session``)."""
+        return Session(self, self.helper_command(args))
 
     def pipe(self, command, other, other_command, timeout=600):
         """Run ``command`` here with its output fed to ``other_command`` on ``other``; the
@@ -86,3 +96,46 @@ class Node:
                 raise NodeError(f"{node.name}: `{cmd}` failed ({proc.returncode}): "
                                 f"{err.decode(errors='replace').strip()[-600:]}")
         return size
+
+
+class Session:
+    """A helper command that talks with the engine while it runs: it answers each step with
+    one JSON line on its stdout; the end of its stdin tells it the engine has gone."""
+
+    def __init__(self, node, command):
+        self.node, self.command = node, command
+        self.proc = subprocess.Popen(["ssh", *node.ssh_options(), f"{node.user}@{node.host}", command],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def send(self, line):
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def answer(self, timeout):
+        """The next JSON line; a NodeError with the helper's message when it ended instead."""
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.close()
+                raise NodeError(f"{self.node.name}: `{self.command}` did not answer within {timeout} s")
+            chunk = self.proc.stdout.readline()
+            if not chunk:
+                break
+            line += chunk
+        if not line.strip():
+            self.proc.wait(timeout=30)
+            err = self.proc.stderr.read().decode(errors="replace").strip()[-2000:]
+            raise NodeError(f"{self.node.name}: `{self.command}` failed ({self.proc.returncode}): {err}")
+        return json.loads(line)
+
+    def close(self):
+        """Ends it (its stdin closed first: before the freeze that ends it with nothing frozen)."""
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -49,8 +49,9 @@ class Transfer:
 
 class Direct(Transfer):
     """Source to target over SSH with a one-time key: the memory pages to the target's CRIU
-    page server as they are dumped (`dump --to`), the rest after the dump as a tar + zstd
-    stream (`send` / `receive`), sha256 checked, retried."""
+    page server as they are dumped (`dump --to`), the rest right after the dump as a tar +
+    zstd stream (`dump --send`, into the target's `receive`), sha256 checked, retried. The
+    SSH sessions of both open before the freeze."""
 
     def prepare(self):
         job = self.job
@@ -65,11 +66,15 @@ class Direct(Transfer):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         host_key = job.target.run("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
-        # the one port the key may forward to: where the target's page server listens
-        self.page_port = int(job.target.run(
-            "python3 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); "
-            "print(s.getsockname()[1])'").strip())
-        entry = (f'restrict,port-forwarding,permitopen="127.0.0.1:{self.page_port}",from="{job.source_ip}",'
+        # the ports the key may forward to: where the target's page servers listen, one per
+        # container (their tunnels open before the freeze, all at once)
+        names = job.containers
+        ports = json.loads(job.target.run(
+            f"python3 -c 'import json, socket; s = [socket.socket() for _ in range({len(names)})]; "
+            "[x.bind((\"127.0.0.1\", 0)) for x in s]; print(json.dumps([x.getsockname()[1] for x in s]))'"))
+        self.ports = dict(zip(names, ports, strict=True))
+        permit = ",".join(f'permitopen="127.0.0.1:{port}"' for port in ports)
+        entry = (f'restrict,port-forwarding,{permit},from="{job.source_ip}",'
                  f'command="{HELPER} forced" {public}')
         job.target.run(f"umask 077; mkdir -p {os.path.dirname(AUTHORIZED_KEYS)}; "
                        f"cat >> {AUTHORIZED_KEYS}", stdin=(entry + "\n").encode())
@@ -84,13 +89,14 @@ class Direct(Transfer):
                 "--known-hosts", f"{self.job.directory}/known_hosts"]
 
     def dump_args(self):
-        return [*self.ssh_args(), "--port", self.page_port]
+        # the rest of the payload goes right after the dump, through an SSH session the dump
+        # session opened before the freeze
+        return [*self.ssh_args(), "--send", *(a for name, port in self.ports.items()
+                                               for a in ("--port", f"{name}={port}"))]
 
     def carry(self):
         job = self.job
-        sent = json.loads(job.source.helper(
-            "send", f"{job.directory}/payload", *self.ssh_args(), "--migration", job.id, "--name", "payload",
-            timeout=job.timeout).strip().splitlines()[-1])
+        sent = job.capture.answer(job.timeout)
         return {"sha256": sent["sha256"], "bytes": sent["bytes"], "sent_bytes": sent["wire_bytes"],
                 "attempts": sent["attempts"]}
 
