@@ -260,6 +260,27 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     assert leftovers(cluster) == {w: [] for w in WORKERS}
 
 
+def test_a_dump_session_whose_engine_goes_away_before_the_freeze_freezes_nothing(api, cluster, counter):
+    """The source's dump session gets ready while the pod runs; if the engine goes (its
+    SSH session ends) before it says "freeze", the pod is never frozen and counts on."""
+    source = current(api, "counter")
+    node, mid = source.spec.node_name, "test-abandoned-session"
+    node_run(cluster, node, f"install -d -m 0700 /var/lib/podmigrate/migrations/{mid}")
+    try:
+        session = subprocess.Popen(
+            ["ssh", *ssh_options(cluster["state"]), f"root@{NODES[node][0]}",
+             f"/usr/local/libexec/podmigrate/podmigrate-node dump {source.metadata.uid} {mid}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert json.loads(session.stdout.readline()) == {"ready": ["counter"]}
+        before = int(ask(cluster, counter["url"]))
+        _, err = session.communicate(input="", timeout=60)  # its stdin closed: the engine went away
+        assert session.returncode != 0 and "nothing was frozen" in err, err
+        assert int(ask(cluster, counter["url"])) > before
+    finally:
+        node_run(cluster, node, f"rm -rf /var/lib/podmigrate/migrations/{mid}")
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
 # runc checkpoints and restores through CRIU, and the target's page server is CRIU: without
 # it the dump fails on the source, or the page server on the target, for real; a CRIU that
 # runs and fails (an action script that fails) leaves its log, whose end the error shows
