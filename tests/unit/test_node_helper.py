@@ -256,3 +256,17 @@ def test_a_runtime_beside_the_helper_that_is_not_its_own_is_reported_stale(node_
     assert version.endswith("-stale-runtime")
     help_text = subprocess.run([str(node_helper), "--help"], capture_output=True, text=True, check=True).stdout
     assert "page-server ID NAME PORT" in help_text and "smb-get NAME DEST" in help_text
+
+
+@pytest.mark.parametrize(("flags", "first"), [("fpu sse2 aes avx", "aes128-gcm@openssh.com"),
+                                              ("fpu sse2 avx", "chacha20-poly1305@openssh.com")])
+def test_the_stream_prefers_aes_gcm_only_where_the_cpu_has_aes_instructions(tmp_path, flags, first):
+    from podmigrate_node import stream
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    argv = stream.migration_ssh("/k", "/h", cpuinfo=str(cpuinfo))
+    ciphers = next(a for a in argv if a.startswith("Ciphers="))
+    assert ciphers.removeprefix("Ciphers=").split(",")[0] == first
+    # whichever comes first, ssh on this machine takes the list as it is
+    assert subprocess.run(["ssh", "-G", "-o", ciphers, "x"], capture_output=True, check=True).returncode == 0

@@ -393,10 +393,14 @@ class Migration(Runner):
                   for c in self.report["containers"].values()) + volumes.get("bytes", 0)
         sent = (self.report.get("transfer_detail") or {}).get("sent_bytes", 0) + \
             sum(c.get("streamed_bytes", 0) for c in self.report["containers"].values())
-        transfer = self.report["phases"].get("transfer")
+        # the time the bytes took to move: the transfer, and the checkpoint too when the pages
+        # streamed to the target as they were dumped
+        moving = self.report["phases"].get("transfer", 0)
+        if any(c.get("streamed_bytes") for c in self.report["containers"].values()):
+            moving += self.report["phases"].get("checkpoint", 0)
         self.report.update(checkpoint_bytes=raw, sent_bytes=sent)
-        if transfer:
-            self.report["throughput_mib_s"] = round(raw / transfer / 2**20, 1)
+        if moving:
+            self.report["throughput_mib_s"] = round(raw / moving / 2**20, 1)
         if self.report["result"] == "already there":
             self.report["summary"] = self.report["message"]
             return
