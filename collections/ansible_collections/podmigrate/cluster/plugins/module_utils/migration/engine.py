@@ -202,10 +202,19 @@ class Migration(Runner):
         for image in self.bring:
             self.on_rollback((f"remove the brought image {image}", lambda i=image: self.target.run(
                 f"ctr -n k8s.io images rm {shlex.quote(i)}", check=False)))
-            size = self.source.pipe(f"ctr -n k8s.io images export --platform linux/amd64 - {shlex.quote(image)}",
-                                    self.target, "ctr -n k8s.io images import --platform linux/amd64 -",
-                                    timeout=self.timeout)
-            brought.append({"image": image, "bytes": size})
+            # once more on a failure: one CI run in three this session saw the target's import
+            # refuse the stream ("unrecognized image format") that passed the run before
+            for attempt in (1, 2):
+                try:
+                    size = self.source.pipe(
+                        f"ctr -n k8s.io images export --platform linux/amd64 - {shlex.quote(image)}",
+                        self.target, "ctr -n k8s.io images import --platform linux/amd64 -", timeout=self.timeout)
+                    break
+                except NodeError as exc:
+                    if attempt == 2:
+                        raise
+                    self.log(f"bringing {image} failed, trying once more: {exc}")
+            brought.append({"image": image, "bytes": size, "attempts": attempt})
         missing = json.loads(self.target.helper("images-present", *self.bring))["missing"] if self.bring else []
         if missing:
             raise NodeError(f"node {self.target.name} still lacks {', '.join(missing)} after the import")
