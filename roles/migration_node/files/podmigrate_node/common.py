@@ -58,7 +58,6 @@ def check_uid(uid):
 def runtime():
     """The runtime of the podmigrate RuntimeClass (podmigrate_runtime.py, in the helper's
     archive beside this package, as it is beside the archive on the node)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import podmigrate_runtime
 
     return podmigrate_runtime

@@ -193,9 +193,7 @@ def cmd_kill(args):
                     os.kill(int(pid), 9)
                     killed += 1
     if signalled:
-        for c in live:
-            with contextlib.suppress(FileNotFoundError):
-                set_frozen(c["freezer"], False)
+        thaw(live)
     print(json.dumps({"killed": killed, "kubelet_signalled": signalled, "thawed": signalled}))
 
 

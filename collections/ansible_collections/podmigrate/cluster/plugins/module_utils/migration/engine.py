@@ -170,7 +170,7 @@ class Migration(Runner):
             digest = node.helper("version", check=False).strip()
             if self.helper_digest and digest != self.helper_digest:
                 raise MigrationError([f"node {node.name}: the podmigrate-node helper is missing or stale "
-                                                "(run site.yml, or playbooks/nodes.yml, again)"])
+                                      "(run site.yml, or playbooks/nodes.yml, again)"])
         # what CRIU would refuse to dump, found before the fence (CRIU itself finds it only in the dump)
         problems += preflight.problems(json.loads(self.source.helper("preflight", pod["metadata"]["uid"])))
         # restored containers start from their own images, which are never pulled: those the

@@ -48,7 +48,7 @@ class CloneMigration(engine.Migration):
             stored = self.create(dry_run=True)
         except ApiException as exc:
             raise plan.MigrationError([f"the API server refuses the clone pod ({exc.status}): "
-                                            f"{(exc.body or exc.reason or '').strip()[:600]}"]) from None
+                                       f"{(exc.body or exc.reason or '').strip()[:600]}"]) from None
         if (stored.get("spec") or {}).get("clonePod") != self.name:
             raise plan.MigrationError([self.not_the_fork()])
 
