@@ -128,7 +128,7 @@ class RelayServer(ThreadingHTTPServer):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--bind", required=True)
     parser.add_argument("--port", type=int, default=3142)
     parser.add_argument("--allow", action="append", required=True, help="upstream host to relay to")

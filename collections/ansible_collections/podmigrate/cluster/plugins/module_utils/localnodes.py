@@ -406,7 +406,7 @@ class Daemon:
         return pid if pid and proc_cmdline(pid) == argv else None
 
     def running_as_wanted(self):
-        _, argv = read_pidfile(self.pidfile)
+        argv = read_pidfile(self.pidfile)[1]
         return self.pid() is not None and argv == self.argv
 
     def start(self, settle=0.5):

@@ -141,8 +141,8 @@ def main():
 
     # the version of the helper built from the controller's sources (what the nodes must run)
     helper_digest = nodehelper.digest(p["helper"]) if p["helper"] else None
-    nodes = {name: remote.Node(name, **{k: v for k, v in spec.items() if k in ("host", "user", "port", "key",
-                                                                             "ssh_args")})
+    node_keys = ("host", "user", "port", "key", "ssh_args")
+    nodes = {name: remote.Node(name, **{k: v for k, v in spec.items() if k in node_keys})
              for name, spec in p["nodes"].items()}
     job = None
     try:

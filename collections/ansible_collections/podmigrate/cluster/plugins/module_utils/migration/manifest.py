@@ -102,4 +102,3 @@ def restored_problem(pod, containers):
     if waiting or status.get("phase") != "Running":
         return "; ".join(waiting) or f"the pod is {status.get('phase')}"
     return None
-

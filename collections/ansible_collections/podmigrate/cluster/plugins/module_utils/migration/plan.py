@@ -226,4 +226,3 @@ def internal_ip(node):
         if address.get("type") == "InternalIP":
             return address.get("address")
     return None
-

@@ -56,7 +56,7 @@ class Runner:
 
     def cleanup(self):
         errors = []
-        for what, undo, _ in reversed(self.undo):
+        for what, undo, _rollback_only in reversed(self.undo):
             try:
                 undo()
             except Exception as exc:

@@ -91,8 +91,8 @@ class Direct(Transfer):
     def dump_args(self):
         # the rest of the payload goes right after the dump, through an SSH session the dump
         # session opened before the freeze
-        return [*self.ssh_args(), "--send", *(a for name, port in self.ports.items()
-                                               for a in ("--port", f"{name}={port}"))]
+        ports = [a for name, port in self.ports.items() for a in ("--port", f"{name}={port}")]
+        return [*self.ssh_args(), "--send", *ports]
 
     def carry(self):
         job = self.job
