@@ -12,7 +12,7 @@ description:
     deb822 formats) and returns the first non-security archive URL, so that images
     built on this host use the same mirror as its apt. Changes nothing.
 version_added: "0.1.0"
-author: podmigrate contributors
+author: podmigrate contributors (!UNKNOWN)
 options: {}
 """
 

@@ -12,7 +12,7 @@ description:
     one address on it. Nothing else on the host is changed; no forwarding or NAT is
     set up, so nodes on the bridge reach each other and the host's bridge address only.
 version_added: "0.1.0"
-author: podmigrate contributors
+author: podmigrate contributors (!UNKNOWN)
 options:
   name:
     description: Bridge interface name.

@@ -14,7 +14,7 @@ description:
     one, so a stale pid file never makes the module signal another process.
   - Started again (restarted) when O(argv) differs from the command line it runs with.
 version_added: "0.1.0"
-author: podmigrate contributors
+author: podmigrate contributors (!UNKNOWN)
 options:
   pidfile:
     description: Where the pid and command line are recorded.

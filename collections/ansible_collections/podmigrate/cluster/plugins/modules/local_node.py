@@ -17,7 +17,7 @@ description:
     removes them.
   - Stopping powers the node off (systemd inside shuts down cleanly).
 version_added: "0.1.0"
-author: podmigrate contributors
+author: podmigrate contributors (!UNKNOWN)
 options:
   name:
     description: Machine name; also the node's hostname.

@@ -16,7 +16,7 @@ description:
     subnet is not routed through another interface of the host, and that no other
     systemd-nspawn machine with a node's name is running.
 version_added: "0.1.0"
-author: podmigrate contributors
+author: podmigrate contributors (!UNKNOWN)
 options:
   nodes:
     description: The nodes, each with C(name), C(address), C(groups) and C(node_dir).

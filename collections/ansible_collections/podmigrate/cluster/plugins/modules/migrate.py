@@ -16,7 +16,7 @@ description:
   - The phases are described in C(docs/migration.md).
   - Writes a JSON report with per-phase timings under I(report_dir).
 version_added: "0.1.0"
-author: podmigrate contributors
+author: podmigrate contributors (!UNKNOWN)
 options:
   pod:
     description: The pod, C(NAMESPACE/NAME) (or C(NAME) in C(default)).

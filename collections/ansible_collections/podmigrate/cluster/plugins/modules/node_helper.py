@@ -15,7 +15,7 @@ description:
     helper's version (what C(podmigrate-node version) prints and the migrate module expects).
   - Runs where the sources are (the controller); copy O(dest) to the nodes afterwards.
 version_added: "0.1.0"
-author: podmigrate contributors
+author: podmigrate contributors (!UNKNOWN)
 options:
   src:
     description: The directory holding C(podmigrate_node/) and C(podmigrate_runtime.py).
