@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
 PLAYBOOKS := site.yml teardown.yml $(wildcard playbooks/*.yml)
 
-.PHONY: setup demo test test-cluster test-others lint unit teardown status artifacts
+.PHONY: setup demo test test-cluster test-others lint sanity unit teardown status artifacts
 
 setup:
 	scripts/setup
@@ -37,6 +37,11 @@ lint: setup
 	ansible-lint
 	ruff check .
 	for p in $(PLAYBOOKS); do ansible-playbook --syntax-check "$$p" >/dev/null || exit 1; done
+	scripts/ansible-sanity
+
+# ansible-test sanity on the collection podmigrate.cluster, on .venv's Python, no containers
+sanity: setup
+	scripts/ansible-sanity
 
 unit: setup
 	pytest tests/unit
