@@ -427,16 +427,21 @@ def test_a_node_without_the_smb_settings_is_refused_before_anything_changes(api,
     assert list((smb["server"].share_dir / "podmigrate").iterdir()) == []
 
 
-def test_two_containers_sharing_an_empty_dir_move_together_with_its_content(api, cluster):
+def test_two_containers_sharing_an_empty_dir_and_a_pipe_in_it_move_together(api, cluster):
     shared = [client.V1VolumeMount(name="shared", mount_path="/shared")]
     pod = counter_pod("pair", WORKERS[0], memory_mib=0, volumes=[
         client.V1Volume(name="shared", empty_dir=client.V1EmptyDirVolumeSource())])
     writer = pod.spec.containers[0]
     writer.name, writer.volume_mounts = "writer", shared
-    writer.env.append(client.V1EnvVar(name="LOG_FILE", value="/shared/counts"))
+    # a log held open for appending in the emptyDir, a named pipe the other container reads,
+    # and one both hold open and nobody reads: its bytes wait in it through the move
+    writer.env += [client.V1EnvVar(name="LOG_FILE", value="/shared/counts"),
+                   client.V1EnvVar(name="FIFO_OUT", value="/shared/pipe:/shared/backlog")]
     reader = client.V1Container(
         name="reader", image=IMAGE, image_pull_policy="Never", volume_mounts=shared,
-        env=[client.V1EnvVar(name="PORT", value="8081"), client.V1EnvVar(name="READ_FILE", value="/shared/counts")])
+        env=[client.V1EnvVar(name="PORT", value="8081"), client.V1EnvVar(name="READ_FILE", value="/shared/counts"),
+             client.V1EnvVar(name="FIFO_IN", value="/shared/pipe"),
+             client.V1EnvVar(name="FIFO_OUT", value="/shared/backlog")])
     pod.spec.containers.append(reader)
     api.create_namespaced_pod("default", pod)
     try:
@@ -444,6 +449,7 @@ def test_two_containers_sharing_an_empty_dir_move_together_with_its_content(api,
         for _ in range(3):
             ask(cluster, f"http://{ip}:8080/")
         assert ask(cluster, f"http://{ip}:8081/read").split() == ["1", "2", "3"]
+        assert ask(cluster, f"http://{ip}:8081/received").split() == ["1", "2", "3"]
 
         run = migrate(cluster, "default/pair", target=WORKERS[1])
         assert run.rc == 0, run.output[-5000:]
@@ -452,8 +458,22 @@ def test_two_containers_sharing_an_empty_dir_move_together_with_its_content(api,
         assert moved.spec.init_containers is None and moved.spec.runtime_class_name == "podmigrate"
         ip = moved.status.pod_ip
         assert ask(cluster, f"http://{ip}:8081/read").split() == ["1", "2", "3"]
-        assert ask(cluster, f"http://{ip}:8080/") == "4"
-        assert ask(cluster, f"http://{ip}:8081/read").split() == ["1", "2", "3", "4"]
+        assert ask(cluster, f"http://{ip}:8081/received").split() == ["1", "2", "3"]
+        for n in range(4, 7):
+            assert ask(cluster, f"http://{ip}:8080/") == str(n)
+        # the log goes on being appended to, and the pipe carries on: no line lost or doubled
+        assert ask(cluster, f"http://{ip}:8081/read").split() == [str(n) for n in range(1, 7)]
+        deadline = time.monotonic() + 10
+        while (got := ask(cluster, f"http://{ip}:8081/received").split()) != [str(n) for n in range(1, 7)]:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.2)
+        # the bytes that waited in the unread pipe are there once (CRIU dumps them with each
+        # container holding the pipe; the helper keeps them in one dump only)
+        backlog = node_run(cluster, WORKERS[1], "python3 -c 'import os, sys; fd = os.open(sys.argv[1], "
+                                                "os.O_RDONLY | os.O_NONBLOCK); print(os.read(fd, 65536).decode())' "
+                                                f"/var/lib/kubelet/pods/{moved.metadata.uid}/volumes/"
+                                                "kubernetes.io~empty-dir/shared/backlog")
+        assert backlog.split() == [str(n) for n in range(1, 7)], backlog
         assert leftovers(cluster) == {w: [] for w in WORKERS}
     finally:
         for p in api.list_namespaced_pod("default", label_selector="app=pair").items:
@@ -605,6 +625,16 @@ def refusals(api, cluster, tmp_path_factory):
             command=["/bin/sh", "-c", "echo 1 > /proc/sys/net/mptcp/enabled"],
             security_context=client.V1SecurityContext(privileged=True))]),
     }
+    # two containers connected by a unix stream socket in an emptyDir
+    shared = [client.V1VolumeMount(name="shared", mount_path="/shared")]
+    pods["unixpair"] = counter_pod("unixpair", w1, memory_mib=0, volumes=[
+        client.V1Volume(name="shared", empty_dir=client.V1EmptyDirVolumeSource())])
+    talker = pods["unixpair"].spec.containers[0]
+    talker.name, talker.volume_mounts = "talker", shared
+    talker.env.append(client.V1EnvVar(name="UNIX_TO", value="/shared/socket"))
+    pods["unixpair"].spec.containers.append(client.V1Container(
+        name="listener", image=IMAGE, image_pull_policy="Never", volume_mounts=shared,
+        env=[client.V1EnvVar(name="PORT", value="8081"), client.V1EnvVar(name="UNIX_LISTEN", value="/shared/socket")]))
     pods["hostnet"].spec.containers[0].env.append(client.V1EnvVar(name="PORT", value="18080"))
     pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
     for pod in pods.values():
@@ -616,7 +646,7 @@ def refusals(api, cluster, tmp_path_factory):
         spec=client.V1ReplicaSetSpec(replicas=1, selector=selector, template=client.V1PodTemplateSpec(
             metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
     try:
-        for name in ("hostnet", "hostpath", "big", "filler", "mptcp"):
+        for name in ("hostnet", "hostpath", "big", "filler", "mptcp", "unixpair"):
             wait_ready(api, name)
         deadline = time.monotonic() + 60
         while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
@@ -644,6 +674,7 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/big", None, "no node can take pod default/big"),
     ("default/mptcp", "WORKER2", "container counter: process counter (pid 1 in the container"),
     ("default/mptcp", "WORKER2", ":8080): CRIU cannot dump MPTCP. Let the program use plain TCP"),
+    ("default/unixpair", "WORKER2", "containers listener and talker are connected by 1 unix socket connection(s)"),
 ])
 def test_bad_input_is_refused_before_anything_changes(api, cluster, refusals, pod, target, expected):
     pod = pod.replace("OWNED", refusals["owned"])

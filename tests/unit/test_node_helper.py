@@ -15,7 +15,7 @@ import tarfile
 import podmigrate_runtime as runtime
 import pytest
 from helpers import NODE_FILES as FILES
-from podmigrate_node import pod
+from podmigrate_node import dump, pod
 
 
 def tar_of(tree):
@@ -270,3 +270,39 @@ def test_the_stream_prefers_aes_gcm_only_where_the_cpu_has_aes_instructions(tmp_
     assert ciphers.removeprefix("Ciphers=").split(",")[0] == first
     # whichever comes first, ssh on this machine takes the list as it is
     assert subprocess.run(["ssh", "-G", "-o", ciphers, "x"], capture_output=True, check=True).returncode == 0
+
+
+def test_bytes_waiting_in_a_named_pipe_two_containers_hold_are_dumped_once(tmp_path):
+    uid = "0b5e0c43-6a55-4f5e-9d51-3c1f2a7b8e90"
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    os.mkfifo(shared)
+    os.mkfifo(own)
+    # the pipes held open with bytes in them, as a frozen pod's processes hold them
+    held = [os.open(shared, os.O_RDWR), os.open(own, os.O_RDWR)]
+    try:
+        os.write(held[0], b"1\n2\n")
+        proc = tmp_path / "proc"
+        for pid, cid, fifos in (("101", "aaaa", [shared]), ("102", "bbbb", [shared])):
+            (proc / pid / "fd").mkdir(parents=True)
+            (proc / pid / "cgroup").write_text(f"0::/kubepods/besteffort/pod{uid}/{cid}\n")
+            for fd, path in enumerate(fifos, start=3):
+                (proc / pid / "fd" / str(fd)).symlink_to(path)
+        (proc / "101" / "fd" / "9").symlink_to("/dev/null")
+        live = [{"id": "aaaa", "name": "writer"}, {"id": "bbbb", "name": "reader"}]
+        fifos = dump.held_fifos(uid, live, proc=str(proc))
+        assert list(fifos.values()) == [{"path": str(shared), "bytes": 4, "containers": ["writer", "reader"]}]
+        # the first container keeps the bytes; the other's dump leaves them out
+        assert dump.fifo_data_to_drop(fifos) == {"reader"}
+        # nothing waits: nothing to leave out
+        os.read(held[0], 4)
+        assert dump.fifo_data_to_drop(dump.held_fifos(uid, live, proc=str(proc))) == set()
+        # the reader holds a pipe of its own with bytes waiting as well: its dump cannot
+        # leave out the shared bytes without losing its own, so the dump is refused
+        os.write(held[0], b"3\n")
+        os.write(held[1], b"x")
+        (proc / "102" / "fd" / "4").symlink_to(own)
+        with pytest.raises(SystemExit):
+            dump.fifo_data_to_drop(dump.held_fifos(uid, live, proc=str(proc)))
+    finally:
+        for fd in held:
+            os.close(fd)

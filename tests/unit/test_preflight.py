@@ -108,3 +108,38 @@ def test_a_pods_processes_are_found_by_their_cgroups(tmp_path):
         (tmp_path / pid / "cgroup").write_text(text)
     (tmp_path / "self").mkdir()
     assert node.pod_processes(uid, proc=str(tmp_path)) == {101: "aaaa", 102: "bbbb"}
+
+
+def test_a_unix_connection_between_two_containers_or_out_of_the_pod_is_refused():
+    # two real processes holding the two ends of a unix stream connection (and each a pair
+    # of its own, which moves with it)
+    script = ("import os, socket, sys\n"
+              "a, b = socket.socketpair(); mine = socket.socketpair()\n"
+              "if os.fork() == 0:\n"
+              "    a.close(); mine[0].close(); mine[1].close(); theirs = socket.socketpair()\n"
+              "    sys.stdin.read(); os._exit(0)\n"
+              "b.close(); print(os.getpid(), flush=True); sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        parent = int(proc.stdout.readline())
+        child = int(subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout)
+        peers = node.unix_peers(parent)
+        held = [node.process_holdings(pid, peers=peers) for pid in (parent, child)]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [len(h["unix"]) for h in held] == [3, 3], held
+    found = {"processes": [{"container": "writer", **held[0]}, {"container": "reader", **held[1]}],
+             "unix_sockets": sorted(peers)}
+    [said] = preflight.problems(found)
+    assert said.startswith("containers reader and writer are connected by 1 unix socket connection(s) "
+                           "(a stream socket of process python"), said
+    assert "CRIU cannot dump one end of a unix connection without the other" in said
+    # both in one container: one CRIU dump holds both ends
+    assert preflight.problems({**found, "processes": [{**p, "container": "app"} for p in found["processes"]]}) == []
+    # the peer is in no process of the pod and not in its network namespace
+    alone = {"processes": [{"container": "app", **held[0]}],
+             "unix_sockets": [s["ino"] for s in held[0]["unix"]]}
+    [said] = preflight.problems(alone)
+    assert said.startswith(f"container app: process python (pid {parent} in the container"), said
+    assert "connected to a socket outside the pod" in said

@@ -6,9 +6,13 @@
 //	GET /checksum returns the sha256 of the patterned memory ("<hex> <bytes>\n")
 //	GET /healthz  "ok"
 //	GET /read     the content of READ_FILE (another container's LOG_FILE, through a shared volume)
+//	GET /received the lines received through FIFO_IN or on UNIX_LISTEN, in order
 //
 // LOG_FILE, when set, gets a line with each new value; it is opened once and held open
-// for appending, so a checkpoint finds it open, as it finds a program's log.
+// for appending, so a checkpoint finds it open, as it finds a program's log. FIFO_OUT
+// (named pipes, made if absent, separated by ":") and UNIX_TO (a unix stream socket, connected once) get
+// the same line, for another container of the pod that reads FIFO_IN or listens on
+// UNIX_LISTEN: two containers that talk through a pipe or a unix socket.
 // MEMORY_MIB (default 0) allocates that many MiB filled with a deterministic
 // pseudo-random pattern (xorshift64*, seeded by PATTERN_SEED), which does not compress:
 // a checkpoint carries every byte. PORT (default 8080) is the port. Connections are kept
@@ -16,23 +20,28 @@
 package main
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 var (
-	mu      sync.Mutex
-	counter uint64
-	memory  []byte
+	mu       sync.Mutex
+	counter  uint64
+	memory   []byte
+	received []string
 )
 
 func fill(buf []byte, seed uint64) {
@@ -58,6 +67,34 @@ func env(name string, fallback uint64) uint64 {
 	return n
 }
 
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+// fifo opens the named pipe at path, made if absent, for reading and writing: opening it
+// does not wait for the other end, and a reader sees no end of file when a writer goes
+func fifo(path string) *os.File {
+	if err := syscall.Mkfifo(path, 0o644); err != nil && !os.IsExist(err) {
+		fail(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		fail(err)
+	}
+	return f
+}
+
+// receive keeps every line read from r
+func receive(r io.Reader) {
+	lines := bufio.NewScanner(r)
+	for lines.Scan() {
+		mu.Lock()
+		received = append(received, lines.Text())
+		mu.Unlock()
+	}
+}
+
 func reply(w http.ResponseWriter, body string) {
 	w.Header().Set("Content-Type", "text/plain")
 	fmt.Fprint(w, body)
@@ -73,13 +110,44 @@ func main() {
 	fill(memory, env("PATTERN_SEED", 1))
 	port := env("PORT", 8080)
 	// LOG_FILE is opened once and held open for appending, as a program's log is
-	var logOut *os.File
+	var outs []io.Writer
 	if logFile := os.Getenv("LOG_FILE"); logFile != "" {
-		var err error
-		if logOut, err = os.OpenFile(logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+		logOut, err := os.OpenFile(logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			fail(err)
 		}
+		outs = append(outs, logOut)
+	}
+	for _, path := range strings.Split(os.Getenv("FIFO_OUT"), ":") {
+		if path != "" {
+			outs = append(outs, fifo(path))
+		}
+	}
+	if path := os.Getenv("FIFO_IN"); path != "" {
+		go receive(fifo(path))
+	}
+	if path := os.Getenv("UNIX_LISTEN"); path != "" {
+		_ = os.Remove(path)
+		listener, err := net.Listen("unix", path)
+		if err != nil {
+			fail(err)
+		}
+		go func() {
+			for {
+				conn, err := listener.Accept()
+				if err != nil {
+					fail(err)
+				}
+				go receive(conn)
+			}
+		}()
+	}
+	if path := os.Getenv("UNIX_TO"); path != "" {
+		conn, err := net.Dial("unix", path)
+		for ; err != nil; conn, err = net.Dial("unix", path) {
+			time.Sleep(100 * time.Millisecond) // the other container listens soon
+		}
+		outs = append(outs, conn)
 	}
 
 	mux := http.NewServeMux()
@@ -91,8 +159,8 @@ func main() {
 		mu.Lock()
 		defer mu.Unlock()
 		counter++
-		if logOut != nil {
-			if _, err := fmt.Fprintf(logOut, "%d\n", counter); err != nil {
+		for _, out := range outs {
+			if _, err := fmt.Fprintf(out, "%d\n", counter); err != nil {
 				counter--
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
@@ -107,6 +175,12 @@ func main() {
 			return
 		}
 		reply(w, string(data))
+	})
+	mux.HandleFunc("/received", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		lines := strings.Join(received, "\n")
+		mu.Unlock()
+		reply(w, lines+"\n")
 	})
 	mux.HandleFunc("/value", func(w http.ResponseWriter, _ *http.Request) {
 		mu.Lock()
@@ -127,8 +201,7 @@ func main() {
 	// builds turn MPTCP off in every pod (cluster_network_pod_sysctls), so this gets TCP.
 	listener, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		fail(err)
 	}
 	go func() {
 		signals := make(chan os.Signal, 1)
@@ -138,7 +211,6 @@ func main() {
 	}()
 	fmt.Printf("counter: listening on :%d with %d MiB of patterned memory\n", port, mib)
 	if err := server.Serve(listener); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		fail(err)
 	}
 }

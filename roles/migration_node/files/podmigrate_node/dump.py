@@ -4,14 +4,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 from podmigrate_node.common import RUNC_ROOT, SAFE, criu_errors, du, fail, migration_dir, runtime
 from podmigrate_node.pod import empty_dirs, freeze, is_frozen, running, upper_dir
+from podmigrate_node.preflight import pod_processes
 from podmigrate_node.stream import PageTunnel, open_receive, send
 
 
@@ -57,11 +62,73 @@ def cmd_dump(args):
             receiver.kill()
 
 
+def held_fifos(uid, live, proc="/proc"):
+    """{(device, inode): {"path", "bytes", "containers"}} of the named pipes (FIFOs) the pod's
+    containers hold open, with the bytes waiting in each (read while the pod is frozen) and
+    the containers that hold it, in the order of ``live``."""
+    names = {c["id"]: c["name"] for c in live}
+    order = [c["name"] for c in live]
+    fifos = {}
+    for pid, cid in pod_processes(uid, proc).items():
+        if cid not in names:
+            continue
+        try:
+            fds = os.listdir(f"{proc}/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            link = f"{proc}/{pid}/fd/{fd}"
+            try:
+                st = os.stat(link)
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if not stat.S_ISFIFO(st.st_mode) or target.startswith("pipe:"):
+                continue  # anonymous pipes never cross containers
+            entry = fifos.get((st.st_dev, st.st_ino))
+            if entry is None:
+                entry = fifos[(st.st_dev, st.st_ino)] = {"path": target, "bytes": _waiting(link), "containers": []}
+            if names[cid] not in entry["containers"]:
+                entry["containers"].append(names[cid])
+    for entry in fifos.values():
+        entry["containers"].sort(key=order.index)
+    return fifos
+
+
+def _waiting(link):
+    """The bytes waiting in the pipe behind LINK (a /proc/PID/fd entry), without taking any."""
+    fd = os.open(link, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    finally:
+        os.close(fd)
+
+
+def fifo_data_to_drop(fifos):
+    """The containers whose dump must leave out its FIFOs' waiting bytes, so that each byte is
+    restored once: CRIU dumps them with every container that holds the FIFO, and each
+    container is its own restore. The first container holding a FIFO keeps them; a later
+    one drops them, which it can only when every FIFO with bytes waiting that it holds is
+    kept by an earlier container (CRIU keeps all of a dump's FIFO bytes in one image)."""
+    drop, keep = set(), set()
+    for entry in fifos.values():
+        if entry["bytes"]:
+            keep.add(entry["containers"][0])
+            drop.update(entry["containers"][1:])
+    both = drop & keep
+    if both:
+        fail(f"container(s) {', '.join(sorted(both))} hold a named pipe with bytes waiting that another container "
+             "holds too, and another with bytes waiting of their own: CRIU would restore the shared bytes twice "
+             f"({', '.join(e['path'] for e in fifos.values() if e['bytes'])})")
+    return drop
+
+
 def dump(args, live, payload, directory, tunnels):
     thawed = [c["name"] for c in live if not is_frozen(c["freezer"])]
     if thawed:
         fail(f"container(s) {', '.join(thawed)} of pod {args.uid} are not frozen")
     report = {"containers": {}}
+    drop = fifo_data_to_drop(held_fifos(args.uid, live))
     for c in live:
         name = c["name"]
         here = os.path.join(payload, name)
@@ -78,6 +145,8 @@ def dump(args, live, payload, directory, tunnels):
         streamed = tunnel.finish() if tunnel and res.returncode == 0 else None
         if res.returncode != 0:
             fail(f"checkpoint of {name} failed: {res.stderr.strip()[-300:]}" + criu_errors(f"{work}/dump.log"))
+        if name in drop:
+            os.remove(os.path.join(here, "images", "fifo-data.img"))
         dumped = time.monotonic()
         fd = os.open(os.path.join(here, "rootfs.tar"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:

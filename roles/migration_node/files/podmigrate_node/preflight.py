@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import re
+import socket
 import stat
+import struct
 
 from podmigrate_node.pod import pod_containers
 
@@ -34,6 +36,68 @@ def pod_processes(uid, proc="/proc"):
                 found[int(entry)] = re.sub(r"^cri-containerd-|\.scope$", "", leaf)
                 break
     return found
+
+
+SOCK_DIAG_BY_FAMILY, UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UNIX_DIAG_PEER = 20, 1, 4, 2
+CLONE_NEWNET = 0x40000000
+
+
+def _unix_diag():
+    """{inode: [type, peer inode]} of every unix socket of this network namespace that has a
+    live peer (sock_diag, the kernel's socket inventory; a peer that closed, or a connection
+    not yet accepted, shows as inode 0 and is left out)."""
+    peers = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as nl:  # NETLINK_SOCK_DIAG
+        request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER,
+                              0xFFFFFFFF, 0xFFFFFFFF)
+        nl.send(struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, 0x301, 1, 0) + request)
+        while True:
+            data = nl.recv(1 << 16)
+            while data:
+                length, kind = struct.unpack_from("=IH", data)
+                if kind == 3:  # NLMSG_DONE
+                    return peers
+                if kind == 2:  # NLMSG_ERROR
+                    raise OSError(-struct.unpack_from("=i", data, 16)[0], "sock_diag refused the unix socket dump")
+                _, type_, _, _, ino = struct.unpack_from("=BBBBI", data, 16)
+                at = 32
+                while at + 4 <= length:
+                    size, attr = struct.unpack_from("=HH", data, at)
+                    peer = struct.unpack_from("=I", data, at + 4)[0] if attr == UNIX_DIAG_PEER else 0
+                    if peer:
+                        peers[ino] = [type_, peer]
+                    at += (size + 3) & ~3
+                data = data[(length + 3) & ~3:]
+
+
+def unix_peers(pid):
+    """{inode: [type, peer inode]} of the connected unix sockets in the network namespace of
+    process PID (a pod's containers share theirs), asked from inside that namespace."""
+    import ctypes
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(read)
+            netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            if ctypes.CDLL(None, use_errno=True).setns(netns, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot enter the network namespace of process {pid}")
+            answer = {"peers": _unix_diag()}
+            code = 0
+        except OSError as e:
+            answer = {"error": str(e)}
+        with os.fdopen(write, "w") as out:
+            json.dump(answer, out)
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        answer = json.loads(f.read() or "{}")
+    os.waitpid(child, 0)
+    if "peers" not in answer:
+        raise OSError(answer.get("error", f"cannot list the unix sockets of process {pid}"))
+    return {int(ino): value for ino, value in answer["peers"].items()}
 
 
 def _socket_of(pidfd, fd):
@@ -69,9 +133,10 @@ def _address_text(local):
     return None if local is None else str(local)
 
 
-def process_holdings(pid, proc="/proc"):
+def process_holdings(pid, proc="/proc", peers=None):
     """What process PID holds that CRIU has to dump specially: its sockets (one per kind, with
-    how many), its anonymous inodes and its character devices, open or mapped."""
+    how many), its connected unix sockets one by one with their peers (given the ``unix_peers``
+    of its network namespace), its anonymous inodes and its character devices, open or mapped."""
     base = f"{proc}/{pid}"
     with open(f"{base}/comm") as f:
         comm = f.read().strip()
@@ -80,7 +145,7 @@ def process_holdings(pid, proc="/proc"):
         for line in f:
             if line.startswith("NSpid:"):
                 nspid = int(line.split()[-1])
-    sockets, anon, devices = {}, {}, {}
+    sockets, anon, devices, connected = {}, {}, {}, []
     pidfd = None
     with contextlib.suppress(OSError):  # else the sockets cannot be copied; CRIU still checks them in the dump
         pidfd = os.pidfd_open(pid)
@@ -103,6 +168,10 @@ def process_holdings(pid, proc="/proc"):
             entry = sockets.setdefault(key, {"family": key[0], "type": key[1], "proto": proto, "fd": int(fd),
                                              "local": local, "count": 0})
             entry["count"] += 1
+            ino = st.st_ino
+            if family == socket.AF_UNIX and peers and ino in peers:
+                connected.append({"fd": int(fd), "ino": ino, "type": peers[ino][0], "peer": peers[ino][1],
+                                  "local": local})
         elif target.startswith("anon_inode:"):
             anon.setdefault(target.split(":", 1)[1], int(fd))
         elif stat.S_ISCHR(st.st_mode):
@@ -127,18 +196,21 @@ def process_holdings(pid, proc="/proc"):
             path = fields[5]
             devices.setdefault(f"map:{path}", {"path": path, "rdev": [os.major(st.st_rdev), os.minor(st.st_rdev)],
                                                "mapped": True})
-    return {"pid": pid, "nspid": nspid, "comm": comm, "sockets": list(sockets.values()),
+    return {"pid": pid, "nspid": nspid, "comm": comm, "sockets": list(sockets.values()), "unix": connected,
             "anon": [{"kind": k, "fd": v} for k, v in anon.items()], "devices": list(devices.values())}
 
 
 def cmd_preflight(args):
     names = {c["id"]: c["name"] for c in pod_containers(args.uid)}
-    found = []
+    found, peers = [], None
     for pid, cid in sorted(pod_processes(args.uid).items()):
         if cid not in names:
             continue  # the sandbox (pause): restored by the runtime, not by CRIU
         try:
-            found.append({"container": names[cid], **process_holdings(pid)})
+            if peers is None:
+                peers = unix_peers(pid)
+            found.append({"container": names[cid], **process_holdings(pid, peers=peers)})
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited meanwhile
-    print(json.dumps({"processes": found}))
+    # every connected unix socket of the pod's network namespace, held by its processes or not
+    print(json.dumps({"processes": found, "unix_sockets": sorted(peers or {})}))

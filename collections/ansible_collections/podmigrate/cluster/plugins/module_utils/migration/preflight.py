@@ -3,10 +3,11 @@
 """What CRIU cannot dump in a pod, judged before a migration changes anything.
 
 The node helper's ``preflight POD-UID`` lists what every process of the pod's containers
-holds: its sockets (family, type, protocol), anonymous inodes and character devices, open
-or mapped. ``problems`` turns that into one sentence per thing CRIU (4.x; the rules of its
-``criu/files.c``, ``sockets.c``, ``sk-inet.c`` and ``proc_parse.c``) would refuse to dump,
-naming the container, the process and what to do. Pure Python, no Ansible.
+holds: its sockets (family, type, protocol; connected unix sockets one by one, with their
+peers), anonymous inodes and character devices, open or mapped. ``problems`` turns that
+into one sentence per thing CRIU (4.x; the rules of its ``criu/files.c``, ``sockets.c``,
+``sk-inet.c``, ``sk-unix.c`` and ``proc_parse.c``) would refuse to dump, naming the
+container, the process and what to do. Pure Python, no Ansible.
 """
 
 from __future__ import annotations
@@ -62,9 +63,51 @@ def _socket_problem(sock):
     return None
 
 
+UNIX_KINDS = {1: "stream", 2: "datagram", 5: "seqpacket"}
+
+
+def _unix_problems(found):
+    """Connected unix sockets whose other end is not in the same container. Each container is
+    its own CRIU dump, and CRIU dumps a connected unix socket only with its peer in the same
+    dump (else "Can't dump half of stream unix connection", or "External socket is used")."""
+    holder = {}
+    for process in found.get("processes") or []:
+        for sock in process.get("unix") or []:
+            holder[sock["ino"]] = process
+    in_pod_netns = set(found.get("unix_sockets") or [])
+    pairs, outside = {}, []
+    for process in found.get("processes") or []:
+        for sock in process.get("unix") or []:
+            kind = UNIX_KINDS.get(sock["type"], f"type {sock['type']}")
+            peer = holder.get(sock["peer"])
+            if peer is not None and peer["container"] != process["container"]:
+                ends = tuple(sorted((process["container"], peer["container"])))
+                pairs.setdefault(ends, []).append((process, peer, kind))
+            elif peer is None and sock["peer"] not in in_pod_netns:
+                outside.append((process, sock, kind))
+    said = []
+    for (one, other), found_ in pairs.items():
+        process, peer, kind = found_[0]
+        count = len(found_) // 2 or 1
+        said.append(f"containers {one} and {other} are connected by {count} unix socket connection(s) "
+                    f"(a {kind} socket of process {process['comm']} in {process['container']} to process "
+                    f"{peer['comm']} in {peer['container']}): each container is checkpointed by its own CRIU "
+                    "dump, and CRIU cannot dump one end of a unix connection without the other. Keep this pod "
+                    "where it is, or let the containers exchange data through a file or a FIFO in an "
+                    "emptyDir volume, which move")
+    for process, sock, kind in outside:
+        where = f", bound to {sock['local']}" if sock.get("local") else ""
+        said.append(f"container {process['container']}: process {process['comm']} (pid {process['nspid']} in the "
+                    f"container, {process['pid']} on the node) holds a {kind} unix socket (fd {sock['fd']}{where}) "
+                    "connected to a socket outside the pod (a node daemon's socket through a hostPath?): CRIU "
+                    "cannot dump one end of a unix connection without the other; close it before the migration, "
+                    "or keep this pod where it is")
+    return said
+
+
 def problems(found):
     """One sentence per thing in ``found`` (the helper's ``preflight`` answer) that CRIU cannot dump."""
-    said = []
+    said = _unix_problems(found)
     for process in found.get("processes") or []:
         who = (f"container {process['container']}: process {process['comm']} "
                f"(pid {process['nspid']} in the container, {process['pid']} on the node) holds")
