@@ -141,5 +141,5 @@ def test_a_unix_connection_between_two_containers_or_out_of_the_pod_is_refused()
     alone = {"processes": [{"container": "app", **held[0]}],
              "unix_sockets": [s["ino"] for s in held[0]["unix"]]}
     [said] = preflight.problems(alone)
-    assert said.startswith(f"container app: process python (pid {parent} in the container"), said
+    assert said.startswith(f"container app: process {held[0]['comm']} (pid {parent} in the container"), said
     assert "connected to a socket outside the pod" in said
