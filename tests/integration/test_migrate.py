@@ -15,7 +15,7 @@ from helpers import ROOT, run_playbook
 from kubernetes import client, config
 from smbserver import SambaServer
 
-from integration.nodes import BRIDGE, NODES, node_run, scp, ssh_options, write_busybox_image, write_redis_image
+from integration.nodes import BRIDGE, NODES, node_run, scp, ssh, ssh_options, write_busybox_image, write_redis_image
 
 pytestmark = pytest.mark.nodes
 
@@ -103,6 +103,22 @@ def current(api, original):
 def ask(cluster, url):
     return node_run(cluster, CONTROL_PLANE, f"python3 -c \"import urllib.request as u; "
                                             f"print(u.urlopen('{url}', timeout=5).read().decode())\"").strip()
+
+
+def ask_service(cluster, url, within=10):
+    """ask, through a Service right after a migration: kube-proxy on the asking node may not
+    have synced the restored pod's endpoint yet (its rules are rate-limited to one sync a
+    second), and until then its rule for a Service without endpoints rejects the connection
+    ("No route to host"). That is part of the downtime the probes measure, not a failure;
+    any other error is one."""
+    deadline = time.monotonic() + within
+    while True:
+        res = ssh(cluster["state"], NODES[CONTROL_PLANE][0], f"python3 -c \"import urllib.request as u; "
+                  f"print(u.urlopen('{url}', timeout=5).read().decode())\"", timeout=60)
+        if res.returncode == 0:
+            return res.stdout.strip()
+        assert "No route to host" in res.stderr and time.monotonic() < deadline, res.stderr[-2000:]
+        time.sleep(0.2)
 
 
 class Probe:
@@ -255,7 +271,7 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     assert "checkpoint ..." in res.stdout and "transfer:" in res.stdout, res.stdout
     assert "migrated in" in res.stdout
     assert current(api, "counter").spec.node_name == WORKERS[0]
-    assert int(ask(cluster, counter["url"])) > before
+    assert int(ask_service(cluster, counter["url"])) > before
     assert ask(cluster, counter["checksum"]) == checksum
     assert leftovers(cluster) == {w: [] for w in WORKERS}
 
@@ -328,7 +344,7 @@ def test_the_share_transfer_moves_it_through_the_directory_both_nodes_mount(api,
     run = migrate(cluster, "default/counter", target=target, transfer="share")
     assert run.rc == 0, run.output[-5000:]
     assert current(api, "counter").spec.node_name == target
-    assert int(ask(cluster, counter["url"])) > before
+    assert int(ask_service(cluster, counter["url"])) > before
     assert ask(cluster, counter["checksum"]) == checksum
     assert list((cluster["state"] / "share").iterdir()) == []
     assert leftovers(cluster) == {w: [] for w in WORKERS}
@@ -398,7 +414,7 @@ def test_the_share_transfer_moves_it_through_a_real_smb_share(api, cluster, coun
     assert run.rc == 0, run.output[-5000:]
     assert smb["server"].password not in run.output
     assert current(api, "counter").spec.node_name == target
-    assert int(ask(cluster, counter["url"])) > before
+    assert int(ask_service(cluster, counter["url"])) > before
     assert ask(cluster, counter["checksum"]) == checksum
     report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
     assert (report["result"], report["transfer"], report["share"]) == ("migrated", "share", "smb")
