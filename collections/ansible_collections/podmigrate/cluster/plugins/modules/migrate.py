@@ -160,6 +160,9 @@ def main():
         if p["profile"] == plan.SEED_FORK:
             # the error says what became of the source (the fork may have stopped it)
             module.fail_json(msg=f"migration failed: {exc}", report=job.report if job else {})
+        if job is None or not job.changed:
+            module.fail_json(msg=f"migration failed before it changed anything: {exc}",
+                             report=job.report if job else {})
         module.fail_json(msg=f"migration failed and was rolled back; the source pod runs on: {exc}",
                          report=job.report if job else {})
     module.exit_json(changed=report["result"] == "migrated", report=report)

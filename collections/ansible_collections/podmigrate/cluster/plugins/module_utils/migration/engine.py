@@ -359,6 +359,10 @@ class Migration(Runner):
             self.report.update(result="refused", error=str(exc), problems=exc.problems)
             raise
         except Exception as exc:
+            if not self.changed:  # before the first change: nothing to roll back
+                self.report.update(result="not started", error=f"{type(exc).__name__}: {exc}")
+                self.log(f"failed before any change: {exc}")
+                raise
             self.report.update(result="rolled back", error=f"{type(exc).__name__}: {exc}")
             self.log(f"failed: {exc}; rolling back")
             self.event("MigrationFailed", f"rolled back: {exc}", kind="Warning")

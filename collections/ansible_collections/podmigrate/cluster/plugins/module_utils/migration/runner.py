@@ -8,7 +8,8 @@ Every step that changes something records how to undo it, before it acts:
 ``on_rollback`` (undone only if the migration fails before its commit point: the restored
 pod, the thaw of the source, a brought image). ``pass_commit_point`` drops the second kind:
 from there the restored pod stays and the source is never thawed. ``cleanup`` runs what
-is left, newest first, and records what it could not undo.
+is left, newest first, and records what it could not undo. So ``changed`` (an undo step
+was ever recorded) tells whether a failure rolled something back or came before any change.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Runner:
         self.progress = progress or (lambda msg: None)
         self.report_dir = report_dir
         self.undo = []
+        self.changed = False
 
     def log(self, msg):
         self.progress(f"[{self.id}] {msg}")
@@ -45,10 +47,12 @@ class Runner:
 
     def always(self, step):
         """(what, function): undone when the migration ends, whichever way."""
+        self.changed = True
         self.undo.append((*step, False))
 
     def on_rollback(self, step):
         """(what, function): undone only if the migration fails before its commit point."""
+        self.changed = True
         self.undo.append((*step, True))
 
     def pass_commit_point(self):
