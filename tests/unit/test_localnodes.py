@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from ansible_collections.podmigrate.cluster.plugins.module_utils import localnodes as ln
@@ -249,3 +250,35 @@ def test_a_process_started_with_the_joiner_runs_in_the_nodes_cgroups_on_this_hos
     finally:
         ln.remove_cgroups(dirs)
     assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_a_stopped_nodes_frozen_processes_are_thawed_and_killed_so_its_cgroups_go(tmp_path):
+    # as a migration whose controller died leaves a source: its processes frozen in a
+    # freezer cgroup below the node's (here below one of this test's own, in the real hierarchy)
+    [freezer] = [d for d in ln.own_cgroup_dirs() if os.path.basename(d) == "freezer"]
+    top = ln.node_cgroups(f"unit-{os.getpid()}", [freezer])
+    frozen = os.path.join(top[0], "kubepods", "pod")
+    os.makedirs(frozen)
+    sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=ln.joiner([frozen]))
+    try:
+        with open(os.path.join(frozen, "freezer.state"), "w") as f:
+            f.write("FROZEN")
+        deadline = time.monotonic() + 5
+        while Path(frozen, "freezer.state").read_text().strip() != "FROZEN":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sleeper.kill()  # a frozen process does not act on it until thawed
+        time.sleep(0.2)
+        assert sleeper.poll() is None
+        ln.remove_cgroups(top, timeout=5)
+        assert not os.path.exists(top[0])
+        assert sleeper.wait(timeout=5) == -9
+    finally:
+        if sleeper.poll() is None:
+            with open(os.path.join(frozen, "freezer.state"), "w") as f:
+                f.write("THAWED")
+            sleeper.kill()
+            sleeper.wait()
+        for path in (frozen, os.path.dirname(frozen), top[0]):
+            if os.path.isdir(path):
+                os.rmdir(path)

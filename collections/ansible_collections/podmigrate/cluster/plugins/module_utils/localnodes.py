@@ -207,9 +207,23 @@ def joiner(dirs):
     return join
 
 
+def release_cgroup(path):
+    """Thaw the cgroup ``path`` if it is frozen, and kill what is left in it. A stopped node
+    may leave processes frozen in a freezer cgroup of its own (a migration's frozen source
+    whose controller died): they hold their cgroups, and a signal waits until they thaw."""
+    state = os.path.join(path, "freezer.state")
+    if (_read(state) or b"THAWED").strip() != b"THAWED":
+        with contextlib.suppress(OSError), open(state, "wb") as f:
+            f.write(b"THAWED")
+    for line in (_read(os.path.join(path, "cgroup.procs")) or b"").split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(line), signal.SIGKILL)
+
+
 def remove_cgroups(dirs, timeout=15):
     """Remove the cgroup trees ``dirs``, deepest first; their processes are ending, so
-    a busy cgroup is tried again until ``timeout``. Raises NodeError if one stays."""
+    a busy cgroup is tried again until ``timeout``; what is still in one is thawed and
+    killed (``release_cgroup``). Raises NodeError if one stays."""
     deadline = time.monotonic() + timeout
     for top in dirs:
         while os.path.isdir(top):
@@ -221,6 +235,7 @@ def remove_cgroups(dirs, timeout=15):
                     pass
                 except OSError as exc:
                     busy.append(f"{path}: {exc.strerror}")
+                    release_cgroup(path)
             if not busy:
                 break
             if time.monotonic() > deadline:
