@@ -276,6 +276,51 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     assert leftovers(cluster) == {w: [] for w in WORKERS}
 
 
+def test_a_pod_another_migration_holds_is_refused_until_its_lock_lapses(api, cluster, counter):
+    import datetime
+
+    # the lock of another controller's migration of this pod (every incarnation of a pod has
+    # the one Lease, named after its original name), renewed a moment ago
+    leases = client.CoordinationV1Api(api.api_client)
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    now = datetime.datetime.now(datetime.UTC)
+    leases.create_namespaced_lease("default", client.V1Lease(
+        metadata=client.V1ObjectMeta(name="podmigrate-counter", annotations={
+            "podmigrate.io/phase": "checkpoint", "podmigrate.io/source": source.spec.node_name,
+            "podmigrate.io/target": target}),
+        spec=client.V1LeaseSpec(holder_identity="20261202000000-0ther0", lease_duration_seconds=600,
+                                acquire_time=now, renew_time=now)))
+    try:
+        run = migrate(cluster, "default/counter", target=target)
+        assert run.rc != 0
+        assert "refused, nothing changed" in run.output, run.output[-3000:]
+        assert "pod default/counter is being migrated: migration 20261202000000-0ther0 holds it" in run.output
+        assert "phase checkpoint" in run.output
+        still = current(api, "counter")
+        assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
+        assert leases.read_namespaced_lease("podmigrate-counter", "default").spec.holder_identity == \
+            "20261202000000-0ther0"
+        # that controller died: once its lock has lapsed, a migration takes it over and moves the pod
+        lease = leases.read_namespaced_lease("podmigrate-counter", "default")
+        lease.spec.renew_time = now - datetime.timedelta(seconds=700)
+        leases.replace_namespaced_lease("podmigrate-counter", "default", lease)
+        run = migrate(cluster, "default/counter", target=target)
+        assert run.rc == 0, run.output[-5000:]
+        assert current(api, "counter").spec.node_name == target
+        # and lets it go at the end
+        with pytest.raises(client.ApiException) as gone:
+            leases.read_namespaced_lease("podmigrate-counter", "default")
+        assert gone.value.status == 404
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+    finally:
+        try:
+            leases.delete_namespaced_lease("podmigrate-counter", "default")
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
 def test_a_dump_session_whose_engine_goes_away_before_the_freeze_freezes_nothing(api, cluster, counter):
     """The source's dump session gets ready while the pod runs; if the engine goes (its
     SSH session ends) before it says "freeze", the pod is never frozen and counts on."""

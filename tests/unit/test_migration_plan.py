@@ -219,3 +219,23 @@ def test_the_internal_ip_of_a_node():
 def test_the_restored_pod_runs_no_init_container_again():
     source = pod(initContainers=[{"name": "setup", "image": "x"}])
     assert "initContainers" not in manifest.restored_pod(source, "w2", "m-abc", "abc")["spec"]
+
+
+def test_a_pods_lock_lapses_after_its_duration_and_says_who_holds_it():
+    import datetime
+
+    from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import lock
+
+    renewed = datetime.datetime(2026, 12, 2, 18, 0, tzinfo=datetime.UTC)
+    lease = {"metadata": {"annotations": {lock.PHASE: "checkpoint", lock.SOURCE: "w1", lock.TARGET: "w2"}},
+             "spec": {"holderIdentity": "20261202180000-abcdef", "acquireTime": "2026-12-02T17:59:58.000000Z",
+                      "renewTime": "2026-12-02T18:00:00.000000Z", "leaseDurationSeconds": 60}}
+    assert not lock.expired(lease, renewed + datetime.timedelta(seconds=59))
+    assert lock.expired(lease, renewed + datetime.timedelta(seconds=61))
+    assert lock.expired({"spec": {}}, renewed)
+    said = lock.held_by(lease)
+    assert said.startswith("migration 20261202180000-abcdef holds it (since 2026-12-02T17:59:58")
+    assert "phase checkpoint, w1 -> w2" in said
+    assert lock.lease_name("counter") == "podmigrate-counter"
+    long = lock.lease_name("x" * 253)
+    assert len(long) <= 253 and long != lock.lease_name("x" * 252 + "y")

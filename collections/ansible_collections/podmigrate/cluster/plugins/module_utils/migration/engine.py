@@ -11,7 +11,8 @@ an Event on the pod):
 
   validate    every refusal, before anything changes (plan.py), what CRIU could
               not dump in the pod's processes (preflight.py), and the
-              pod's images on the target
+              pod's images on the target; the pod's lock taken (lock.py:
+              a second migration of the pod is refused)
   prepare     migration directories; what the transfer needs (transfer.py: the direct
               stream's one-time SSH key, a share's probe)
   images      (when needed) the pod's images the target lacks, from the source's containerd
@@ -51,7 +52,7 @@ import shutil
 import tempfile
 import time
 
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import manifest, plan, preflight
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import lock, manifest, plan, preflight
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import transfer as transfers
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.remote import MIGRATIONS, NodeError
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.runner import Runner
@@ -87,8 +88,13 @@ class Migration(Runner):
         self.carrier = transfers.choose(self, transfer, share)
         self.pod = self.source = self.target = None
         self.restored_name = None
+        self.lock = None
 
     # ------------------------------------------------------------ helpers
+    def phase_starting(self, name):
+        if self.lock is not None:
+            self.lock.renew(name, self.report.get("source"), self.report.get("target"))
+
     def phase_done(self, name, seconds):
         self.event(f"Migration{name.capitalize()}", f"{name} done in {seconds:.2f} s")
 
@@ -144,6 +150,32 @@ class Migration(Runner):
             self.core.list_namespaced_persistent_volume_claim(self.namespace).items)}
         return pod, nodes, pods_by_node, claims
 
+    def take_lock(self, pod, source, target):
+        """The pod's lock (lock.py), held to the end of the migration; then the pod read
+        again: the problems that stop the migration (another holds the lock, or the pod
+        changed while this one looked at it)."""
+        from kubernetes.client.rest import ApiException
+
+        original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
+        # the longest a phase may take (the stage waits up to three timeouts), and a margin
+        self.lock = lock.PodLock(self.api_client, self.namespace, original, self.id, 3 * self.timeout + 60)
+        try:
+            self.lock.acquire(source, target)
+        except MigrationError as exc:
+            self.lock = None
+            return exc.problems
+        self.always(("release the lock", self.lock.release), change=False)
+        try:
+            now = self.core.read_namespaced_pod(self.name, self.namespace).metadata.uid
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            now = None
+        if now != pod["metadata"]["uid"]:
+            return [f"pod {self.namespace}/{self.name} changed while this migration looked at it "
+                    "(another migration moved it?): run it again"]
+        return []
+
     def validate(self):
         problems = []
         pod, nodes, pods_by_node, claims = self.observe()
@@ -152,6 +184,7 @@ class Migration(Runner):
         except MigrationError as exc:
             problems += exc.problems
             source, target = (pod.get("spec") or {}).get("nodeName"), None
+        problems += self.take_lock(pod, source, target)
         if self.transfer not in transfers.TRANSFERS:
             problems.append(f"transfer {self.transfer!r} is not one of {', '.join(transfers.TRANSFERS)}")
         if self.transfer == "share" and self.report["share"] not in transfers.SHARES:

@@ -33,6 +33,7 @@ class Runner:
 
     def phase(self, name, func, *args):
         self.log(f"{name} ...")
+        self.phase_starting(name)
         started = time.monotonic()
         try:
             result = func(*args)
@@ -42,12 +43,16 @@ class Runner:
         self.phase_done(name, self.report["phases"][name])
         return result
 
+    def phase_starting(self, name):
+        """Told before each phase (the engine renews its lock)."""
+
     def phase_done(self, name, seconds):
         """Told after each phase that succeeded (the engine records an Event)."""
 
-    def always(self, step):
-        """(what, function): undone when the migration ends, whichever way."""
-        self.changed = True
+    def always(self, step, change=True):
+        """(what, function): undone when the migration ends, whichever way; ``change=False``
+        for what changes nothing of the pod or its nodes (the migration's own lock)."""
+        self.changed = self.changed or change
         self.undo.append((*step, False))
 
     def on_rollback(self, step):
