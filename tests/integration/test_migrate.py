@@ -100,9 +100,12 @@ def current(api, original):
     return pods[0]
 
 
+def ask_command(url):
+    return f"python3 -c \"import urllib.request as u; print(u.urlopen('{url}', timeout=5).read().decode())\""
+
+
 def ask(cluster, url):
-    return node_run(cluster, CONTROL_PLANE, f"python3 -c \"import urllib.request as u; "
-                                            f"print(u.urlopen('{url}', timeout=5).read().decode())\"").strip()
+    return node_run(cluster, CONTROL_PLANE, ask_command(url)).strip()
 
 
 def ask_service(cluster, url, within=10):
@@ -113,8 +116,7 @@ def ask_service(cluster, url, within=10):
     any other error is one."""
     deadline = time.monotonic() + within
     while True:
-        res = ssh(cluster["state"], NODES[CONTROL_PLANE][0], f"python3 -c \"import urllib.request as u; "
-                  f"print(u.urlopen('{url}', timeout=5).read().decode())\"", timeout=60)
+        res = ssh(cluster["state"], NODES[CONTROL_PLANE][0], ask_command(url), timeout=60)
         if res.returncode == 0:
             return res.stdout.strip()
         assert "No route to host" in res.stderr and time.monotonic() < deadline, res.stderr[-2000:]

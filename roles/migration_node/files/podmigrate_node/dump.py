@@ -16,7 +16,7 @@ import time
 
 from podmigrate_node.common import RUNC_ROOT, SAFE, criu_errors, du, fail, migration_dir, runtime
 from podmigrate_node.pod import empty_dirs, freeze, is_frozen, running, upper_dir
-from podmigrate_node.preflight import pod_processes
+from podmigrate_node.preflight import open_files, pod_processes
 from podmigrate_node.stream import PageTunnel, open_receive, send
 
 
@@ -72,22 +72,13 @@ def held_fifos(uid, live, proc="/proc"):
     for pid, cid in pod_processes(uid, proc).items():
         if cid not in names:
             continue
-        try:
-            fds = os.listdir(f"{proc}/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            link = f"{proc}/{pid}/fd/{fd}"
-            try:
-                st = os.stat(link)
-                target = os.readlink(link)
-            except OSError:
-                continue
+        for fd, target, st in open_files(pid, proc):
             if not stat.S_ISFIFO(st.st_mode) or target.startswith("pipe:"):
                 continue  # anonymous pipes never cross containers
             entry = fifos.get((st.st_dev, st.st_ino))
             if entry is None:
-                entry = fifos[(st.st_dev, st.st_ino)] = {"path": target, "bytes": _waiting(link), "containers": []}
+                entry = fifos[(st.st_dev, st.st_ino)] = {"path": target, "bytes": _waiting(f"{proc}/{pid}/fd/{fd}"),
+                                                         "containers": []}
             if names[cid] not in entry["containers"]:
                 entry["containers"].append(names[cid])
     for entry in fifos.values():

@@ -38,7 +38,7 @@ def pod_processes(uid, proc="/proc"):
     return found
 
 
-SOCK_DIAG_BY_FAMILY, UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UNIX_DIAG_PEER = 20, 1, 4, 2
+SOCK_DIAG_BY_FAMILY, UDIAG_SHOW_PEER, UNIX_DIAG_PEER = 20, 4, 2
 CLONE_NEWNET = 0x40000000
 
 
@@ -48,7 +48,7 @@ def _unix_diag():
     not yet accepted, shows as inode 0 and is left out)."""
     peers = {}
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as nl:  # NETLINK_SOCK_DIAG
-        request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER,
+        request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_PEER,
                               0xFFFFFFFF, 0xFFFFFFFF)
         nl.send(struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, 0x301, 1, 0) + request)
         while True:
@@ -133,6 +133,23 @@ def _address_text(local):
     return None if local is None else str(local)
 
 
+def open_files(pid, proc="/proc"):
+    """(fd, what /proc/PID/fd/FD links to, its stat) for each file descriptor process PID
+    holds, in fd order; those gone meanwhile left out."""
+    base = f"{proc}/{pid}/fd"
+    try:
+        fds = sorted(os.listdir(base), key=int)
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            target = os.readlink(f"{base}/{fd}")
+            st = os.stat(f"{base}/{fd}")
+        except OSError:
+            continue
+        yield int(fd), target, st
+
+
 def process_holdings(pid, proc="/proc", peers=None):
     """What process PID holds that CRIU has to dump specially: its sockets (one per kind, with
     how many), its connected unix sockets one by one with their peers (given the ``unix_peers``
@@ -149,28 +166,19 @@ def process_holdings(pid, proc="/proc", peers=None):
     pidfd = None
     with contextlib.suppress(OSError):  # else the sockets cannot be copied; CRIU still checks them in the dump
         pidfd = os.pidfd_open(pid)
-    try:
-        fds = sorted(os.listdir(f"{base}/fd"), key=int)
-    except OSError:
-        fds = []
-    for fd in fds:
-        try:
-            target = os.readlink(f"{base}/fd/{fd}")
-            st = os.stat(f"{base}/fd/{fd}")
-        except OSError:
-            continue
+    for fd, target, st in open_files(pid, proc):
         if target.startswith("socket:"):
-            kind = _socket_of(pidfd, int(fd)) if pidfd is not None else None
+            kind = _socket_of(pidfd, fd) if pidfd is not None else None
             if kind is None:
                 continue
             family, type_, proto, local = kind
             key = (int(family), int(type_), proto)
-            entry = sockets.setdefault(key, {"family": key[0], "type": key[1], "proto": proto, "fd": int(fd),
+            entry = sockets.setdefault(key, {"family": key[0], "type": key[1], "proto": proto, "fd": fd,
                                              "local": local, "count": 0})
             entry["count"] += 1
             ino = st.st_ino
             if family == socket.AF_UNIX and peers and ino in peers:
-                connected.append({"fd": int(fd), "ino": ino, "type": peers[ino][0], "peer": peers[ino][1],
+                connected.append({"fd": fd, "ino": ino, "type": peers[ino][0], "peer": peers[ino][1],
                                   "local": local})
         elif target.startswith("anon_inode:"):
             anon.setdefault(target.split(":", 1)[1], int(fd))
