@@ -36,6 +36,19 @@ class PlaybookRun:
         return sum(h.get("changed", 0) for h in self.recap().values())
 
 
+# a new user's fresh shell: the system's python3, no .venv on PATH, no activation
+FRESH = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+
+# a cluster whose API server is not there: nothing listens on port 9 of loopback
+NOWHERE_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: none, user: {token: not-a-token}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+"""
+
+
 def run_playbook(playbook: str, inventory: Path | str | None = None, extra_vars: dict | None = None,
                  user: int | None = None, timeout: int = 1200) -> PlaybookRun:
     """Run a real ansible-playbook from the project root; never raises on failure."""

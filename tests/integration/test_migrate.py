@@ -230,9 +230,16 @@ def test_the_counter_moves_with_its_memory_and_no_acknowledged_count_is_lost(api
     assert said.strip() == "", said
     # the source's processes were killed while frozen, after the kubelet began to stop them
     assert report["source_end"]["kubelet_signalled"] and report["source_end"]["killed"] >= 1
-    events = [e.reason for e in api.list_namespaced_event("default").items
-              if e.involved_object.name == "counter" and e.reason.startswith("Migration")]
-    assert {"MigrationCheckpoint", "MigrationTransfer", "MigrationCommit"} <= set(events)
+
+    def told(uid):  # as kubectl describe finds a pod's Events: by its uid
+        return [e.reason for e in api.list_namespaced_event("default", field_selector=f"involvedObject.uid={uid}").items
+                if e.reason.startswith("Migration") and report["id"] in e.message]
+
+    phases = [f"Migration{p.capitalize()}" for p in report["phases"]]
+    # the source was told each phase until it went; the moved pod tells the whole story
+    assert {"MigrationStarted", "MigrationCheckpoint", "MigrationTransfer", "MigrationCommit"} <= set(told(source_uid))
+    story = told(moved.metadata.uid)
+    assert sorted(story) == sorted({"MigrationStarted", "MigrationDone", *phases}), story
 
 
 @pytest.mark.parametrize("where", ["control-plane node", "source node"])
@@ -267,15 +274,28 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     before = int(ask(cluster, counter["url"]))
     checksum = ask(cluster, counter["checksum"])
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/counter",
-                          "--to", WORKERS[0], "-i", str(cluster["inventory"])],
+                          "--to", WORKERS[0], "-i", str(cluster["inventory"]), "--json"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "checkpoint ..." in res.stdout and "transfer:" in res.stdout, res.stdout
-    assert "migrated in" in res.stdout
+    # the progress on stderr, each phase as it begins and ends; the result on stdout
+    assert "] checkpoint ...\n" in res.stderr and "] transfer: " in res.stderr, res.stderr
+    answer = json.loads(res.stdout)
+    assert answer["result"] == "migrated" and answer["exit_code"] == 0
+    assert " migrated in " in answer["message"] and answer["report"]["target"] == WORKERS[0]
     assert current(api, "counter").spec.node_name == WORKERS[0]
     assert int(ask_service(cluster, counter["url"])) > before
     assert ask(cluster, counter["checksum"]) == checksum
     assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_the_cli_says_a_refusal_is_one_and_exits_3(cluster):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/nosuchpod",
+                          "-i", str(cluster["inventory"]), "--json"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
+    answer = json.loads(res.stdout)
+    assert answer["result"] == "refused"
+    assert answer["message"] == "refused, nothing changed: pod default/nosuchpod not found"
 
 
 def test_a_pod_another_migration_holds_is_refused_until_its_lock_lapses(api, cluster, counter):

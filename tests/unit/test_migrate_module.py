@@ -8,15 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import COLLECTIONS
-
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
-users: [{name: none, user: {token: not-a-token}}]
-contexts: [{name: none, context: {cluster: none, user: none}}]
-current-context: none
-"""
+from helpers import COLLECTIONS, NOWHERE_KUBECONFIG
 
 
 def run_module(tmp_path, **args):
@@ -31,7 +23,7 @@ def run_module(tmp_path, **args):
 def test_a_migration_that_fails_before_any_change_says_nothing_changed(tmp_path, why):
     kubeconfig = tmp_path / "kubeconfig"
     if why == "no API server":  # port 9 on loopback: nothing listens
-        kubeconfig.write_text(KUBECONFIG)
+        kubeconfig.write_text(NOWHERE_KUBECONFIG)
     answer = run_module(tmp_path, kubeconfig=str(kubeconfig), target="pm-w2", timeout=5)
     assert answer["failed"]
     assert answer["msg"].startswith("migration failed before it changed anything: "), answer["msg"]

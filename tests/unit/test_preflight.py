@@ -143,3 +143,16 @@ def test_a_unix_connection_between_two_containers_or_out_of_the_pod_is_refused()
     [said] = preflight.problems(alone)
     assert said.startswith(f"container app: process {held[0]['comm']} (pid {parent} in the container"), said
     assert "connected to a socket outside the pod" in said
+
+
+def test_the_memory_a_process_would_dump_is_its_anonymous_memory():
+    # a process holding 64 MiB it wrote (and the interpreter's own few MiB)
+    child = subprocess.Popen([sys.executable, "-c", "import time\nkeep = bytearray(b'x' * (64 << 20))\n"
+                              "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        counted = node.anonymous_bytes(child.pid)
+        assert 64 << 20 <= counted < 100 << 20, counted
+    finally:
+        child.kill()
+        child.wait()

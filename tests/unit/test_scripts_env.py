@@ -5,10 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from helpers import ROOT
-
-# a fresh shell of a new user: the system's python3, no .venv on PATH, no activation
-FRESH = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+from helpers import FRESH, ROOT
 
 
 def run(*argv, timeout=300, env=FRESH):

@@ -210,7 +210,7 @@ def process_holdings(pid, proc="/proc", peers=None):
 
 def cmd_preflight(args):
     names = {c["id"]: c["name"] for c in pod_containers(args.uid)}
-    found, peers = [], None
+    found, peers, memory = [], None, 0
     for pid, cid in sorted(pod_processes(args.uid).items()):
         if cid not in names:
             continue  # the sandbox (pause): restored by the runtime, not by CRIU
@@ -218,7 +218,18 @@ def cmd_preflight(args):
             if peers is None:
                 peers = unix_peers(pid)
             found.append({"container": names[cid], **process_holdings(pid, peers=peers)})
+            memory += anonymous_bytes(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited meanwhile
     # every connected unix socket of the pod's network namespace, held by its processes or not
-    print(json.dumps({"processes": found, "unix_sockets": sorted(peers or {})}))
+    # and the memory CRIU will dump (what the engine's progress counts against)
+    print(json.dumps({"processes": found, "unix_sockets": sorted(peers or {}), "memory_bytes": memory}))
+
+
+def anonymous_bytes(pid, proc="/proc"):
+    """The anonymous memory of a process (what CRIU dumps as its pages), from smaps_rollup."""
+    with open(f"{proc}/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) * 1024
+    return 0

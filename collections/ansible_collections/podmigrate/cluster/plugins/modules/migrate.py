@@ -65,7 +65,11 @@ options:
     description: Directory of the JSON reports.
     type: path
   progress_file:
-    description: File the engine appends its progress lines to while it runs.
+    description:
+      - File the engine appends its progress to while it runs, one JSON object per line
+        (C(module_utils/migration/progress.py)); default the file named by the environment
+        variable C(PODMIGRATE_PROGRESS_FILE), which the C(podmigrate.cluster.progress)
+        callback sets to show the progress in the playbook's output.
     type: path
   timeout:
     description: Seconds allowed to each of checkpoint, transfer and restore.
@@ -105,6 +109,9 @@ report:
 """
 
 
+import json
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, plan, remote, seedfork
@@ -134,10 +141,14 @@ def main():
     except ImportError:
         module.fail_json(msg="the kubernetes Python client is needed on the controller (requirements.txt)")
 
-    def progress(line):
-        if p["progress_file"]:
-            with open(p["progress_file"], "a") as f:
-                f.write(line + "\n")
+    # where the progress goes: the file asked for (scripts/podmigrate), else the one the
+    # podmigrate.cluster.progress callback follows for the playbook's output
+    progress_file = p["progress_file"] or os.environ.get("PODMIGRATE_PROGRESS_FILE")
+
+    def progress(event):
+        if progress_file:
+            with open(progress_file, "a") as f:
+                f.write(json.dumps(event) + "\n")
 
     # the version of the helper built from the controller's sources (what the nodes must run)
     helper_digest = nodehelper.digest(p["helper"]) if p["helper"] else None

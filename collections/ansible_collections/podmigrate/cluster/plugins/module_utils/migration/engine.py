@@ -6,53 +6,32 @@ Used by the ``podmigrate.cluster.migrate`` module (``migrate.yml``) and by
 ``scripts/podmigrate migrate``. It talks to the API server with the ``kubernetes`` client
 and to the nodes over SSH, running the ``podmigrate-node`` helper the migration_node role
 installs. The checkpoint and the restore are podmigrate's own (runc and CRIU on the
-nodes), not the kubelet's or containerd's. Phases, in order (each timed, each reported as
-an Event on the pod):
-
-  validate    every refusal, before anything changes (plan.py), what CRIU could
-              not dump in the pod's processes (preflight.py), and the
-              pod's images on the target; the pod's lock taken (lock.py:
-              a second migration of the pod is refused)
-  prepare     migration directories; what the transfer needs (transfer.py: the direct
-              stream's one-time SSH key, a share's probe)
-  images      (when needed) the pod's images the target lacks, from the source's containerd
-  stage       the restored pod created on the target, its sandbox, network and volumes set
-              up while the source runs; podmigrate's runtime holds its containers until
-              the payload arrives; meanwhile the source's dump session finds the pod's
-              containers and opens the page tunnels to the target
-  fence       new connections to the source pod refused
-  freeze      every container of the source pod frozen at once (its freezer cgroup) by the
-              dump session, which dumps right after: from here to the commit the source
-              answers nothing the restored pod will not have
-  checkpoint  each container dumped by runc/CRIU (left frozen), its writable-layer changes
-              and the pod's emptyDir volumes, while frozen; with the direct transfer the
-              memory pages stream to the target's CRIU page server through SSH as dumped
-  transfer    direct: the rest, source -> target over SSH, tar + zstd, sha256 checked, retried;
-              share: one tar file through a directory both nodes mount, or an SMB share
-              (Azure Files) the node helper reaches with an SMB client library: uploaded,
-              read back from the share, then downloaded, size and sha256 checked
-  restore     the staged pod (labels kept, RuntimeClass podmigrate) restored: the runtime
-              restores each container from the payload where containerd creates it;
-              until it is Running and Ready
-  verify      every container restored by podmigrate's runtime, none started afresh
-  commit      the source pod deleted, its frozen processes killed without running again
-
-Any failure before the commit rolls back: the restored pod is removed, the source thawed,
-the fence lifted, a brought image removed; the source goes on where it stopped. Migration
-files are removed on both nodes in every case. docs/migration.md describes every phase.
+nodes), not the kubelet's or containerd's. The phases, in order (each timed, each told as
+an Event; docs/migration.md describes them, and what a failure in each undoes):
+validate, prepare, images (when the target lacks one), stage, fence, freeze, checkpoint,
+transfer, restore, verify, commit. Any failure before the commit rolls back to the source
+pod, which goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import secrets
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import lock, manifest, plan, preflight
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import (
+    lock,
+    manifest,
+    plan,
+    preflight,
+    progress,
+)
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import transfer as transfers
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.remote import MIGRATIONS, NodeError
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.runner import Runner
@@ -89,6 +68,10 @@ class Migration(Runner):
         self.pod = self.source = self.target = None
         self.restored_name = None
         self.lock = None
+        self.story = []  # the Events told so far, for the restored pod when it is created
+        self.uids = {}  # of the pods told Events, by name
+        self.events = queue.Queue()
+        self.event_sender = threading.Thread(target=self.send_events, daemon=True)
 
     # ------------------------------------------------------------ helpers
     def phase_starting(self, name):
@@ -99,17 +82,40 @@ class Migration(Runner):
         self.event(f"Migration{name.capitalize()}", f"{name} done in {seconds:.2f} s")
 
     def event(self, reason, message, pod_name=None, kind="Normal"):
-        pod_name = pod_name or self.name
-        try:
-            self.core.create_namespaced_event(self.namespace, self.client.CoreV1Event(
-                metadata=self.client.V1ObjectMeta(generate_name=f"{pod_name}.podmigrate."),
-                involved_object=self.client.V1ObjectReference(kind="Pod", namespace=self.namespace,
-                                                              name=pod_name, api_version="v1"),
-                reason=reason, message=f"migration {self.id}: {message}", type=kind,
-                source=self.client.V1EventSource(component="podmigrate"),
-                first_timestamp=_now(), last_timestamp=_now(), count=1))
-        except Exception as exc:
-            self.log(f"could not record event {reason}: {exc}")
+        """An Event of this migration on ``pod_name``, else on the source pod and, once it
+        exists, the restored pod too (which is told the earlier ones when it is created), so
+        that ``kubectl describe`` of the moved pod tells the whole story. Sent in order by a
+        thread of their own: none is downtime."""
+        if pod_name is None:
+            self.story.append((reason, message, kind, _now()))
+            names = [self.name] + ([self.restored_name] if self.restored_name else [])
+        else:
+            names = [pod_name]
+        for name in names:
+            self.events.put((name, reason, message, kind, _now()))
+
+    def tell_restored_pod_the_story(self):
+        for reason, message, kind, when in self.story:
+            self.events.put((self.restored_name, reason, message, kind, when))
+
+    def send_events(self):
+        while True:
+            item = self.events.get()
+            if item is None:
+                return
+            name, reason, message, kind, when = item
+            try:
+                self.core.create_namespaced_event(self.namespace, self.client.CoreV1Event(
+                    metadata=self.client.V1ObjectMeta(generate_name=f"{name}.podmigrate."),
+                    # with the pod's uid, as kubectl describe looks them up
+                    involved_object=self.client.V1ObjectReference(kind="Pod", namespace=self.namespace,
+                                                                  name=name, uid=self.uids.get(name),
+                                                                  api_version="v1"),
+                    reason=reason, message=f"migration {self.id}: {message}", type=kind,
+                    source=self.client.V1EventSource(component="podmigrate"),
+                    first_timestamp=when, last_timestamp=when, count=1))
+            except Exception as exc:
+                self.log(f"could not record event {reason} on {name}: {exc}")
 
     def as_dict(self, obj):
         return self.api_client.sanitize_for_serialization(obj)
@@ -205,7 +211,9 @@ class Migration(Runner):
                 raise MigrationError([f"node {node.name}: the podmigrate-node helper is missing or stale "
                                       "(run site.yml, or playbooks/nodes.yml, again)"])
         # what CRIU would refuse to dump, found before the fence (CRIU itself finds it only in the dump)
-        problems += preflight.problems(json.loads(self.source.helper("preflight", pod["metadata"]["uid"])))
+        found = json.loads(self.source.helper("preflight", pod["metadata"]["uid"]))
+        problems += preflight.problems(found)
+        self.memory_bytes = found.get("memory_bytes", 0)  # what the checkpoint's progress counts against
         # restored containers start from their own images, which are never pulled: those the
         # target lacks are brought from the source before the freeze
         images = sorted({c["image"] for c in pod["spec"]["containers"]})
@@ -219,7 +227,7 @@ class Migration(Runner):
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
-        self.uid = pod["metadata"]["uid"]
+        self.uid = self.uids[self.name] = pod["metadata"]["uid"]
 
     def prepare(self):
         directory = self.directory
@@ -272,8 +280,24 @@ class Migration(Runner):
         self.capture.send("freeze")
         self.report["freeze_seconds"] = self.capture.answer(60)["seconds"]
 
+    def payload_bytes(self, *nodes):
+        """The bytes of this migration's files on ``nodes`` (its directory on each)."""
+        total = 0
+        for node in nodes:
+            out = node.run(f"du -sb {self.directory} 2>/dev/null | cut -f1", timeout=10, check=False).strip()
+            total += int(out) if out.isdigit() else 0
+        return total
+
+    def watch_bytes(self, phase, nodes, total):
+        """While ``phase`` runs, the bytes of this migration's files on ``nodes`` (before the
+        freeze they hold a few hundred), told every two seconds (progress.py); nothing is
+        asked of the nodes before the first."""
+        return progress.ByteWatch(self.tell, phase, lambda: self.payload_bytes(*nodes), total, interval=2.0)
+
     def checkpoint(self):
-        dumped = self.capture.answer(self.timeout)
+        # the dump writes on the source, or (direct) streams the pages into the target's files
+        with self.watch_bytes("checkpoint", (self.source, self.target), self.memory_bytes):
+            dumped = self.capture.answer(self.timeout)
         for name, entry in dumped["containers"].items():
             self.report["containers"].setdefault(name, {}).update(
                 checkpoint_bytes=entry["image_bytes"], rootfs_bytes=entry["rootfs_bytes"],
@@ -282,7 +306,12 @@ class Migration(Runner):
             self.report["volumes"] = dumped["volumes"]
 
     def move(self):
-        self.report["transfer_detail"] = self.carrier.carry()
+        containers = self.report["containers"].values()
+        raw = sum(c.get("checkpoint_bytes", 0) + c.get("rootfs_bytes", 0) for c in containers) + \
+            (self.report.get("volumes") or {}).get("bytes", 0)
+        # what the target holds of the payload, of all of it (the streamed pages are there already)
+        with self.watch_bytes("transfer", (self.target,), raw):
+            self.report["transfer_detail"] = self.carrier.carry()
 
     def stage(self):
         """The restored pod created on the target before the freeze: the kubelet admits it and
@@ -296,8 +325,9 @@ class Migration(Runner):
         restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
         self.restored_name = restored["metadata"]["name"]
         self.on_rollback(("delete the restored pod", self.abandon_restored))
-        self.core.create_namespaced_pod(self.namespace, restored)
+        self.uids[self.restored_name] = self.core.create_namespaced_pod(self.namespace, restored).metadata.uid
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
+        self.tell_restored_pod_the_story()
         first = self.containers[0]
         waited = time.monotonic() + self.timeout
         while self.target.run(f"test -e {self.directory}/waiting.{first} && echo yes", check=False).strip() != "yes":
@@ -382,6 +412,7 @@ class Migration(Runner):
         control = tempfile.mkdtemp(prefix="podmigrate-ssh-")
         for node in self.nodes.values():
             node.multiplex(control)
+        self.event_sender.start()
         try:
             self.execute()
             committed = True
@@ -398,7 +429,7 @@ class Migration(Runner):
                 raise
             self.report.update(result="rolled back", error=f"{type(exc).__name__}: {exc}")
             self.log(f"failed: {exc}; rolling back")
-            self.event("MigrationFailed", f"rolled back: {exc}", kind="Warning")
+            self.event("MigrationFailed", f"rolled back: {exc}", pod_name=self.name, kind="Warning")
             raise
         finally:
             self.cleanup()
@@ -410,6 +441,8 @@ class Migration(Runner):
             self.write_report()
             if committed:
                 self.event("MigrationDone", self.report["summary"], pod_name=self.restored_name)
+            self.events.put(None)
+            self.event_sender.join(timeout=60)
         return self.report
 
     def execute(self):

@@ -23,13 +23,17 @@ class Runner:
     def __init__(self, migration_id, report, progress=None, report_dir=None):
         self.id = migration_id
         self.report = report
-        self.progress = progress or (lambda msg: None)
+        self.progress = progress or (lambda event: None)  # told dicts (progress.py)
         self.report_dir = report_dir
         self.undo = []
         self.changed = False
 
     def log(self, msg):
-        self.progress(f"[{self.id}] {msg}")
+        self.progress({"id": self.id, "line": msg})
+
+    def tell(self, event):
+        """A progress event of this migration (progress.py: bytes moved in a phase)."""
+        self.progress({"id": self.id, **event})
 
     def phase(self, name, func, *args):
         self.log(f"{name} ...")

@@ -1,0 +1,288 @@
+"""podmigrate: move running pods between nodes with their memory, and look after the local nodes.
+
+  podmigrate migrate NAMESPACE/NAME [--to NODE] [--json] ...   move a pod (runs migrate.yml)
+  podmigrate reports [ID] [--json]                             past migrations
+  podmigrate nodes [--json]                                    the local nodes' state
+  podmigrate env                                               shell lines: PATH, KUBECONFIG
+
+Exit codes of `migrate`:
+  0  migrated, or already on the target
+  1  failed before it changed anything (no cluster, an unreachable node...)
+  2  usage error
+  3  refused, nothing changed (every reason listed)
+  4  failed and rolled back: the source pod runs on
+  5  rolled back, but something was left behind (listed)
+  6  migrated, but something was left behind (listed)
+
+The cluster is the default inventory's (ansible.cfg: the local nodes), its state (the
+kubeconfig, the reports) in .podmigrate/; ANSIBLE_INVENTORY and PODMIGRATE_STATE_DIR
+name another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import inspect
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from ansible_collections.podmigrate.cluster.plugins.module_utils import localnodes
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import progress
+
+OK, NOT_STARTED, USAGE, REFUSED, ROLLED_BACK, ROLLED_BACK_LEFTOVERS, MIGRATED_LEFTOVERS = range(7)
+
+
+def state_dir():
+    return os.environ.get("PODMIGRATE_STATE_DIR") or os.path.join(PROJECT, ".podmigrate")
+
+
+def version():
+    with open(os.path.join(PROJECT, "collections/ansible_collections/podmigrate/cluster/galaxy.yml")) as f:
+        number = next(line.split(":", 1)[1].strip() for line in f if line.startswith("version:"))
+    commit = subprocess.run(["git", "-C", PROJECT, "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    return f"podmigrate {number}" + (f" ({commit})" if commit else "")
+
+
+# ------------------------------------------------------------------ env
+def cmd_env(args):
+    """Shell lines that put the project's tools on PATH (.venv's ansible-playbook and Python,
+    scripts/ with podmigrate, the built kubectl) and point KUBECONFIG at the cluster's
+    kubeconfig. Use: eval "$(scripts/podmigrate env)"."""
+    paths = [os.path.join(PROJECT, ".venv", "bin"), os.path.join(PROJECT, "scripts")]
+    kubectl = sorted(glob.glob(os.path.join(PROJECT, ".podmigrate/cache/artifacts/kubernetes-v*/bin/kubectl")))
+    if kubectl:
+        paths.append(os.path.dirname(kubectl[-1]))
+    else:
+        print("# podmigrate env: no kubectl built yet (make artifacts)", file=sys.stderr)
+    print(f"export PATH={shlex.quote(os.pathsep.join(paths))}:\"$PATH\"")
+    print(f"export KUBECONFIG={shlex.quote(os.path.join(args.state_dir, 'kubeconfig'))}")
+    if os.environ.get("PODMIGRATE_STATE_DIR"):
+        print(f"export PODMIGRATE_STATE_DIR={shlex.quote(args.state_dir)}")
+    return OK
+
+
+# ------------------------------------------------------------------ nodes
+def cmd_nodes(args):
+    """The local nodes (systemd-nspawn machines) and their bridge: state and process ids."""
+    nodes = [n.status() for n in localnodes.list_nodes(args.state_dir)]
+    record = os.path.join(args.state_dir, "local-provider.json")
+    bridge = None
+    if os.path.exists(record):
+        with open(record) as f:
+            bridge = json.load(f).get("bridge")
+    if args.json:
+        print(json.dumps({"bridge": bridge, "nodes": nodes}, indent=2))
+        return OK
+    if not nodes:
+        print(f"no local nodes under {args.state_dir}")
+        return OK
+    print(f"bridge: {bridge or '-'}")
+    print(f"{'NODE':<14}{'STATE':<12}{'NSPAWN PID':<12}{'INIT PID':<10}")
+    for n in nodes:
+        print(f"{n['name']:<14}{n['state']:<12}{n['pid'] or '-'!s:<12}{n['init_pid'] or '-'!s:<10}")
+    return OK
+
+
+# ------------------------------------------------------------------ migrate
+def cmd_migrate(args):
+    """Move a running pod to another node with its memory: runs migrate.yml (the same engine)
+    and shows its progress while it works: each phase, and the bytes moved with their rate
+    and the time left (a bar on a terminal). Ends with the migration's summary, or why it
+    failed and what became of the pod; the exit code says which (podmigrate --help)."""
+    out = sys.stderr if args.json else sys.stdout
+    with tempfile.TemporaryDirectory(prefix="podmigrate-") as work:
+        path = os.path.join(work, "progress")
+        open(path, "w").close()
+        extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout}
+        if args.to:
+            extra["target"] = args.to
+        if args.share:
+            extra["share"] = args.share
+        playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+        command = [playbook if os.path.exists(playbook) else "ansible-playbook", "migrate.yml",
+                   "-e", json.dumps(extra)]
+        if args.inventory:
+            command += ["-i", args.inventory]
+        follower = progress.Follower(path, out).start()
+        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", PODMIGRATE_PROGRESS_FILE=path)
+        run = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False, env=env)
+        follower.finish()
+    result = task_result(run.stdout)
+    if result is None:  # the playbook failed before its migrate task (an inventory, a variable...)
+        result = {"failed": True, "msg": (run.stdout[-3000:] + run.stderr[-2000:]).strip()}
+    code, outcome = exit_code(result)
+    report = result.get("report") or {}
+    # a failure's own words (what became of the pod); else the summary of the move
+    message = (result.get("msg") if result.get("failed") else report.get("summary") or report.get("message")) or ""
+    if args.json:
+        print(json.dumps({"result": outcome, "exit_code": code, "message": message, "report": report}, indent=2))
+        return code
+    print(message, file=sys.stderr if result.get("failed") else sys.stdout)
+    for error in report.get("cleanup_errors") or []:
+        print(f"left behind: {error}", file=sys.stderr)
+    if report.get("report"):
+        print(f"report: {report['report']}  (podmigrate reports {report['id']})")
+    return code
+
+
+def exit_code(result):
+    """(exit code, result) of the migrate task's result (the module's report, or its failure)."""
+    report = result.get("report") or {}
+    outcome = report.get("result")
+    if outcome is None:  # failed before the engine had a report: a bad name is a refusal
+        outcome = "refused" if (result.get("msg") or "").startswith("refused") else "not started"
+    leftovers = bool(report.get("cleanup_errors"))
+    if outcome == "migrated":
+        return (MIGRATED_LEFTOVERS if leftovers else OK), outcome
+    if outcome == "rolled back":
+        return (ROLLED_BACK_LEFTOVERS if leftovers else ROLLED_BACK), outcome
+    return {"already there": OK, "refused": REFUSED}.get(outcome, NOT_STARTED), outcome
+
+
+def task_result(output):
+    """The migrate task's result, from the playbook's JSON output (the json callback's
+    document, wherever other callbacks print around it); None when it never ran."""
+    start = output.find('{\n    "custom_stats"')
+    if start < 0:
+        start = output.find("{")
+    try:
+        plays = json.JSONDecoder().raw_decode(output, max(start, 0))[0]["plays"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    for play in plays:
+        for task in play["tasks"]:
+            result = next(iter(task["hosts"].values()), {})
+            if "report" in result or result.get("failed"):
+                return result
+    return None
+
+
+# ------------------------------------------------------------------ reports
+def cmd_reports(args):
+    """Past migrations, newest last: id, pod, nodes, result, downtime (how long the pod was
+    frozen) and total time; with an ID (or a unique start of one, or `last`), that
+    migration's report: its phases, bytes and errors."""
+    reports = load_reports(os.path.join(args.state_dir, "reports"))
+    if args.id:
+        chosen = [r for r in reports if r.get("id", "").startswith(args.id)] if args.id != "last" else reports[-1:]
+        if len(chosen) != 1:
+            print(f"podmigrate reports: {len(chosen) or 'no'} migration(s) match {args.id!r}", file=sys.stderr)
+            return USAGE
+        report = chosen[0]
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            show_report(report)
+        return OK
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return OK
+    if not reports:
+        print(f"no migrations recorded under {args.state_dir}/reports")
+        return OK
+    print(f"{'ID':<22}{'POD':<28}{'NODES':<20}{'RESULT':<14}{'DOWNTIME':>9}{'TOTAL':>9}")
+    for r in reports:
+        nodes = f"{r.get('source', '?')} -> {r.get('target', '?')}"
+        print(f"{r.get('id', '?'):<22}{r.get('pod', '?'):<28}{nodes:<20}{r.get('result', '?'):<14}"
+              f"{_seconds(r.get('frozen_seconds')):>9}{_seconds(r.get('total_seconds')):>9}")
+    return OK
+
+
+def load_reports(directory):
+    found = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        try:
+            with open(path) as f:
+                found.append(json.load(f))
+        except (OSError, ValueError):
+            continue  # being written, or not a report
+    return sorted(found, key=lambda r: r.get("id", ""))
+
+
+def show_report(r):
+    print(r.get("summary") or f"{r.get('pod')}: {r.get('result')}")
+    print(f"id {r.get('id')}  pod {r.get('pod')}  {r.get('source', '?')} -> {r.get('target', '?')}  "
+          f"result {r.get('result')}  transfer {r.get('transfer')}")
+    if r.get("restored_pod"):
+        print(f"restored pod {r['restored_pod']}")
+    print(f"downtime (frozen) {_seconds(r.get('frozen_seconds'))}, total {_seconds(r.get('total_seconds'))}; "
+          f"checkpoint {r.get('checkpoint_bytes', 0) / 2**20:.1f} MiB, sent {r.get('sent_bytes', 0) / 2**20:.1f} MiB")
+    for name, seconds in (r.get("phases") or {}).items():
+        print(f"  {name:<12}{seconds:>9.2f} s")
+    for key in ("error", "message"):
+        if r.get(key):
+            print(f"{key}: {r[key]}")
+    for problem in r.get("problems") or []:
+        print(f"  refused: {problem}")
+    for error in r.get("cleanup_errors") or []:
+        print(f"  left behind: {error}")
+
+
+def _seconds(value):
+    return "-" if value is None else f"{value:.2f} s"
+
+
+# ------------------------------------------------------------------ main
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """The docstrings as written, and every option's default (where it has one)."""
+
+    def _get_help_string(self, action):
+        shown = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in shown:
+            shown += " (default: %(default)s)"
+        return shown
+
+
+def parser():
+    top = argparse.ArgumentParser(prog="podmigrate", description=__doc__, formatter_class=Formatter)
+    top.add_argument("--version", action="version", version=version())
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, summary):
+        p = sub.add_parser(name, help=summary, description=inspect.cleandoc(func.__doc__),
+                           formatter_class=Formatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("migrate", cmd_migrate, "move a running pod to another node, its memory intact")
+    p.add_argument("pod", metavar="NAMESPACE/NAME", help="the pod (NAME alone: in default); a pod moved "
+                   "before is found by its original name too")
+    p.add_argument("--to", metavar="NODE", help="target node (default: a Ready node with room)")
+    p.add_argument("--transfer", choices=["direct", "share"], default="direct",
+                   help="direct: node to node over SSH, the memory streamed as it is dumped; share: one "
+                   "archive through a share both nodes reach")
+    p.add_argument("--share", choices=["dir", "smb"],
+                   help="what --transfer share goes through (default: smb when the inventory configures an "
+                   "SMB share, else a directory both nodes mount)")
+    p.add_argument("--timeout", type=int, default=600, metavar="SECONDS",
+                   help="the most each of checkpoint, transfer and restore may take before a rollback")
+    p.add_argument("-i", "--inventory", help="Ansible inventory (default: ANSIBLE_INVENTORY, else ansible.cfg's: "
+                   "the local cluster)")
+    p.add_argument("--json", action="store_true", help="print the result and the report as JSON on stdout "
+                   "(the progress goes to stderr)")
+
+    p = command("reports", cmd_reports, "list past migrations, or show one")
+    p.add_argument("id", nargs="?", metavar="ID", help="a migration's id, the start of one, or `last`")
+    p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
+
+    p = command("nodes", cmd_nodes, "show the state of the local nodes")
+    p.add_argument("--json", action="store_true", help="print the state as JSON")
+
+    command("env", cmd_env, "print shell lines setting PATH and KUBECONFIG (eval \"$(scripts/podmigrate env)\")")
+    for name in ("reports", "nodes", "env"):
+        sub.choices[name].add_argument("--state-dir", default=state_dir(), help="the cluster's state directory "
+                            "(PODMIGRATE_STATE_DIR, else .podmigrate/ in the project)")
+    return top
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    return args.func(args)
