@@ -125,6 +125,16 @@ def test_nodes_install_packages_through_the_relay_and_reach_nothing_else_through
     res = ssh(state, addr, "apt-get -q update >/dev/null && DEBIAN_FRONTEND=noninteractive "
               "apt-get -q -y install --no-install-recommends hello >/dev/null && hello", timeout=600)
     assert res.stdout.strip() == "Hello, world!", res.stderr[-2000:]
+    # the relay kept the package it fetched, and another node gets it from there
+    kept = list((ROOT / ".podmigrate" / "cache" / "apt").glob("*/**/hello_*.deb"))
+    assert len(kept) == 1, kept
+    uri = ssh(state, NODES["pmt-w2"][0], "apt-get -q update >/dev/null && apt-get -q --print-uris download hello",
+              timeout=600).stdout.split()[0].strip("'")
+    assert uri.endswith("/" + kept[0].name), uri
+    ask = ("python3 -c \"import http.client as h; c = h.HTTPConnection('{}', 3142, timeout=30); "
+           "c.request('GET', '{}'); r = c.getresponse(); print(r.getheader('X-Podmigrate-Relay'), len(r.read()))\"")
+    assert ssh(state, NODES["pmt-w2"][0], ask.format(GATEWAY, uri)).stdout.split() == [
+        "cached", str(kept[0].stat().st_size)]
     probe = ("python3 -c \"import http.client as h; c = h.HTTPConnection('{}', 3142, timeout=10); "
              "c.request('GET', 'http://example.invalid/'); print(c.getresponse().status)\"")
     assert ssh(state, addr, probe.format(GATEWAY)).stdout.strip() == "403"
