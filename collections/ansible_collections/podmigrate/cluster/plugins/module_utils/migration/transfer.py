@@ -76,10 +76,9 @@ class Direct(Transfer):
         permit = ",".join(f'permitopen="127.0.0.1:{port}"' for port in ports)
         entry = (f'restrict,port-forwarding,{permit},from="{job.source_ip}",'
                  f'command="{HELPER} forced" {public}')
-        job.target.run(f"umask 077; mkdir -p {os.path.dirname(AUTHORIZED_KEYS)}; "
-                       f"cat >> {AUTHORIZED_KEYS}", stdin=(entry + "\n").encode())
+        job.target.run(add_key_command(AUTHORIZED_KEYS), stdin=(entry + "\n").encode())
         job.always(("remove the one-time key", lambda: job.target.run(
-            f"sed -i '/ podmigrate-{job.id}$/d' {AUTHORIZED_KEYS}", check=False)))
+            remove_key_command(AUTHORIZED_KEYS, job.id), check=False)))
         job.source.run(f"umask 077; cat > {job.directory}/key", stdin=private.encode())
         job.source.run(f"umask 077; cat > {job.directory}/known_hosts",
                        stdin=f"{job.target_ip} {host_key[0]} {host_key[1]}\n".encode())
@@ -99,6 +98,19 @@ class Direct(Transfer):
         sent = job.capture.answer(job.timeout)
         return {"sha256": sent["sha256"], "bytes": sent["bytes"], "sent_bytes": sent["wire_bytes"],
                 "attempts": sent["attempts"]}
+
+
+def add_key_command(path):
+    """The shell command that appends the key entry on its stdin to ``path``. Two migrations
+    to one node at once change that file together; the lock beside it makes each change
+    whole (``sed -i`` writes a new file and renames it over the old one: an entry appended
+    to the old one meanwhile would be lost)."""
+    return f"umask 077; mkdir -p {os.path.dirname(path)}; flock {path}.lock sh -c 'cat >> {path}'"
+
+
+def remove_key_command(path, migration_id):
+    """The shell command that removes migration ``migration_id``'s key entry from ``path``."""
+    return f"flock {path}.lock sed -i '/ podmigrate-{migration_id}$/d' {path}"
 
 
 class DirShare(Transfer):
