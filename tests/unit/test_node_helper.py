@@ -4,6 +4,8 @@ as overlayfs shows them, a runc command line taken apart, the freezer a process 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -11,6 +13,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
+from pathlib import Path
 
 import podmigrate_runtime as runtime
 import pytest
@@ -306,3 +310,75 @@ def test_bytes_waiting_in_a_named_pipe_two_containers_hold_are_dumped_once(tmp_p
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_settle_ends_a_migrations_helper_processes_and_what_they_started_and_nothing_else(tmp_path):
+    """Real processes: a helper of the migration (by its id on its command line) with a child,
+    a forced-command helper (the id only in SSH_ORIGINAL_COMMAND) and another migration's
+    helper; settle kills the first two trees and leaves the third."""
+    from podmigrate_node import settle
+
+    helper = tmp_path / "podmigrate-node"
+    helper.write_text("import subprocess, sys, time\nsubprocess.Popen(['sleep', '60'])\ntime.sleep(60)\n")
+    mine = subprocess.Popen([sys.executable, str(helper), "dump", "uid", "20261204000000-aaaaaa"])
+    forced = subprocess.Popen([sys.executable, str(helper), "forced"],
+                              env={**os.environ, "SSH_ORIGINAL_COMMAND": "receive 20261204000000-aaaaaa payload"})
+    other = subprocess.Popen([sys.executable, str(helper), "dump", "uid", "20261204000000-bbbbbb"])
+    try:
+        deadline = time.monotonic() + 10
+        while (len(settle.processes_of("20261204000000-aaaaaa")) < 4
+               or len(settle.processes_of("20261204000000-bbbbbb")) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = settle.processes_of("20261204000000-aaaaaa")
+        assert {mine.pid, forced.pid} <= found and other.pid not in found and len(found) == 4
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            settle.cmd_settle(argparse.Namespace(migration="20261204000000-aaaaaa", wait=5, grace=0.5))
+        assert json.loads(out.getvalue())["killed"] == 4
+        assert mine.wait(10) == -9 and forced.wait(10) == -9
+        assert other.poll() is None and len(settle.processes_of("20261204000000-bbbbbb")) == 2
+        assert settle.processes_of("20261204000000-aaaaaa") == set()
+    finally:
+        for pid in settle.processes_of("20261204000000-bbbbbb"):  # its child too
+            os.kill(pid, 9)
+        for proc in (mine, forced, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_settle_waits_for_a_dump_under_way_and_kills_the_rest_first(tmp_path):
+    """A runc checkpoint (CRIU dumping) under a migration's helper is spared until --wait:
+    killed mid-dump CRIU could leave its parasite in the frozen process; the rest goes
+    after --grace."""
+    import threading
+
+    from podmigrate_node import settle
+
+    helper = tmp_path / "podmigrate-node"
+    helper.write_text("import subprocess, sys, time\n"
+                      f"subprocess.Popen(['bash', '-c', 'exec -a runc {sys.executable} -c \"import time; "
+                      "time.sleep(60)\" checkpoint'])\ntime.sleep(60)\n")
+    mine = subprocess.Popen([sys.executable, str(helper), "dump", "uid", "20261204000000-cccccc"])
+    try:
+        deadline = time.monotonic() + 10
+        while not settle.dumping(settle.processes_of("20261204000000-cccccc")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until bash has become the "runc checkpoint"
+        found = settle.processes_of("20261204000000-cccccc")
+        assert settle.dumping(found), [Path(f"/proc/{p}/cmdline").read_bytes() for p in found]
+        (dump,) = settle.dumping(found)
+        assert dump != mine.pid
+        done = threading.Thread(target=settle.cmd_settle,
+                                args=(argparse.Namespace(migration="20261204000000-cccccc", wait=3, grace=0.2),))
+        done.start()
+        # the helper above the dump is spared with it (orphaned, the dump would be lost sight of)
+        time.sleep(1)
+        assert mine.poll() is None and os.path.exists(f"/proc/{dump}")
+        done.join(30)
+        assert mine.wait(10) == -9
+        assert not done.is_alive()
+        assert settle.processes_of("20261204000000-cccccc") == set()
+    finally:
+        for pid in settle.processes_of("20261204000000-cccccc"):
+            os.kill(pid, 9)
+        mine.kill()
+        mine.wait()

@@ -33,6 +33,11 @@ RuntimeClass that restores a pod's containers on the target node.
   kill POD-UID [--wait S]         after the commit: once the kubelet has signalled the frozen
                                   containers (their deletion began), SIGKILL every process,
                                   then thaw: none runs another instruction
+  settle ID [--wait S] [--grace G]
+                                  end the migration's helper processes on this node (and what
+                                  they started): after G seconds SIGKILLed, but for a dump
+                                  under way (runc checkpoint), waited for up to S seconds;
+                                  the end of every migration and a recovery's first step
   restored ID POD-UID             which of the pod's containers the runtime restored
   receive ID NAME                 (the forced command of a migration's one-time SSH key)
                                   unpack stdin into the migration's directory NAME

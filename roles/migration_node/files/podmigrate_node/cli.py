@@ -15,6 +15,7 @@ from podmigrate_node.dump import cmd_dump
 from podmigrate_node.fence import cmd_fence, cmd_unfence
 from podmigrate_node.pod import cmd_images_present, cmd_kill, cmd_restored, cmd_thaw
 from podmigrate_node.preflight import cmd_preflight
+from podmigrate_node.settle import cmd_settle
 from podmigrate_node.smb import cmd_smb_check, cmd_smb_get, cmd_smb_put, cmd_smb_rm
 from podmigrate_node.stream import cmd_forced, cmd_pack, cmd_page_server, cmd_receive, cmd_unpack
 
@@ -53,6 +54,7 @@ COMMANDS = {
     "unpack": (cmd_unpack, "migration tar --sha256!"),
     "kill": (cmd_kill, "uid migration --wait:float=10"),
     "restored": (cmd_restored, "migration uid"),
+    "settle": (cmd_settle, "migration --wait:float=600 --grace:float=5"),
     "fence": (cmd_fence, "ip migration"),
     "unfence": (cmd_unfence, "migration"),
     "smb-check": (cmd_smb_check, ""),
