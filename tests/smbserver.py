@@ -50,6 +50,8 @@ class SambaServer:
     map to guest = never
     restrict anonymous = 2
     server min protocol = SMB3
+    # as Azure Files over the internet: a client that does not encrypt is refused
+    server smb encrypt = required
     smb ports = 445
     interfaces = {self.ip}
     bind interfaces only = yes

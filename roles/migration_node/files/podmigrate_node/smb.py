@@ -33,8 +33,10 @@ class Share:
         except ImportError as exc:
             fail(f"the SMB client library is missing ({exc}): run the migration_node role with SMB configured")
         self.smb = smbclient
+        # encrypted (SMB3): a checkpoint holds the pod's memory, secrets included
         self.kw = {"username": conf.get("username") or None, "password": conf.get("password") or None,
-                   "port": int(conf.get("port") or 445), "connection_timeout": int(conf.get("timeout") or 30)}
+                   "port": int(conf.get("port") or 445), "connection_timeout": int(conf.get("timeout") or 30),
+                   "encrypt": True}
         parts = [p for p in str(conf.get("path") or "").replace("\\", "/").split("/") if p]
         self.root = "\\\\".join(["", "", conf["server"], conf["share"]]) + "".join("\\" + p for p in parts)
         self.where = f"//{conf['server']}/{conf['share']}/{'/'.join(parts)}"
