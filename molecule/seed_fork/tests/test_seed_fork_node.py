@@ -128,7 +128,7 @@ CONFLIST = {
 }
 
 FSTAB_LINE = ("//pmfstorage.file.core.windows.net/checkpoints /var/lib/kubelet/migration cifs "
-              "nofail,credentials=/etc/smbcredentials/pmfstorage.cred,serverino,cache=none 0 0")
+              "nofail,credentials=/etc/smbcredentials/pmfstorage.cred,serverino,cache=none,seal 0 0")
 
 
 FILES = (
