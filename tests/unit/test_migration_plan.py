@@ -239,3 +239,134 @@ def test_a_pods_lock_lapses_after_its_duration_and_says_who_holds_it():
     assert lock.lease_name("counter") == "podmigrate-counter"
     long = lock.lease_name("x" * 253)
     assert len(long) <= 253 and long != lock.lease_name("x" * 252 + "y")
+
+
+def labelled(name, **labels):
+    n = node(name)
+    n["metadata"]["labels"] = {"kubernetes.io/hostname": name, **labels}
+    return n
+
+
+def refused(p, nodes, target, pods_by_node=None):
+    with pytest.raises(plan.MigrationError) as exc:
+        plan.plan(p, nodes, pods_by_node or {}, target=target)
+    return "; ".join(exc.value.problems)
+
+
+def test_a_target_the_pods_node_selector_excludes_is_refused():
+    nodes = {"w1": labelled("w1", disk="ssd"), "w2": labelled("w2", disk="hdd"), "w3": labelled("w3", disk="ssd")}
+    p = pod(nodeSelector={"disk": "ssd"})
+    assert "node w2 does not have the label disk=ssd of the pod's nodeSelector" in refused(p, nodes, "w2")
+    assert plan.plan(p, nodes, {}, target="w3") == ("w1", "w3")
+    assert plan.plan(p, nodes, {}) == ("w1", "w3")  # the chosen target obeys it too
+
+
+@pytest.mark.parametrize(("expression", "w2_allowed"), [
+    ({"key": "zone", "operator": "In", "values": ["a"]}, False),
+    ({"key": "zone", "operator": "NotIn", "values": ["a"]}, True),
+    ({"key": "gpu", "operator": "Exists"}, True),
+    ({"key": "gpu", "operator": "DoesNotExist"}, False),
+    ({"key": "cores", "operator": "Gt", "values": ["8"]}, True),
+    ({"key": "cores", "operator": "Lt", "values": ["8"]}, False),
+])
+def test_required_node_affinity_is_obeyed_with_every_operator(expression, w2_allowed):
+    nodes = {"w1": labelled("w1", zone="a", cores="4"), "w2": labelled("w2", zone="b", gpu="1", cores="16")}
+    p = pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [expression]}]}}})
+    if w2_allowed:
+        assert plan.plan(p, nodes, {}, target="w2") == ("w1", "w2")
+    else:
+        assert "node w2 matches none of the pod's required node affinity terms" in refused(p, nodes, "w2")
+
+
+def test_node_affinity_terms_are_alternatives():
+    nodes = {"w1": labelled("w1", zone="a"), "w2": labelled("w2", zone="b"), "w3": labelled("w3", zone="c")}
+    p = pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["c"]}]}]}}})
+    assert "matches none" in refused(p, nodes, "w2")
+    assert plan.plan(p, nodes, {}, target="w3") == ("w1", "w3")
+
+
+def test_a_pin_to_the_source_node_by_hostname_or_name_does_not_keep_the_pod_there():
+    """The original tutorial's pod is pinned to its node by kubernetes.io/hostname: moving it
+    is what the user asks (the restored pod is bound to the target and drops the pin)."""
+    nodes = {"w1": labelled("w1", zone="a"), "w2": labelled("w2", zone="a")}
+    by_label = pod(nodeSelector={"kubernetes.io/hostname": "w1", "zone": "a"})
+    assert plan.plan(by_label, nodes, {}, target="w2") == ("w1", "w2")
+    by_name = pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["w1"]}],
+         "matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["w1"]},
+                              {"key": "zone", "operator": "In", "values": ["a"]}]}]}}})
+    assert plan.plan(by_name, nodes, {}, target="w2") == ("w1", "w2")
+    nodes["w2"]["metadata"]["labels"]["zone"] = "b"  # what is not a pin is still obeyed
+    assert "node w2 does not have the label zone=a" in refused(by_label, nodes, "w2")
+    assert "matches none" in refused(by_name, nodes, "w2")
+
+
+def test_a_move_that_breaks_a_hard_topology_spread_is_refused():
+    nodes = {"w1": labelled("w1", zone="a"), "w2": labelled("w2", zone="b"), "w3": labelled("w3", zone="c")}
+    spread = [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+               "labelSelector": {"matchLabels": {"app": "counter"}}}]
+    p = pod(topologySpreadConstraints=spread)
+    peer = pod(name="peer")
+    peer["metadata"].update(uid="u-2", labels={"app": "counter"})
+    # zone a: the pod; zone b: a peer; zone c: none. To b: b has 2, a and c 0: skew 2
+    problems = refused(p, nodes, "w2", {"w1": [p], "w2": [peer]})
+    assert "node w2: moving the pod there would skew its topology spread over zone beyond 1 (a: 0, b: 2, c: 0)" \
+        in problems
+    assert plan.plan(p, nodes, {"w1": [p], "w2": [peer]}, target="w3") == ("w1", "w3")
+    # a soft constraint is the scheduler's wish, not a refusal
+    soft = pod(topologySpreadConstraints=[{**spread[0], "whenUnsatisfiable": "ScheduleAnyway"}])
+    assert plan.plan(soft, nodes, {"w1": [soft], "w2": [peer]}, target="w2") == ("w1", "w2")
+
+
+@pytest.mark.parametrize("volume", [{"nfs": {"server": "10.0.0.1", "path": "/x"}},
+                                    {"iscsi": {"targetPortal": "10.0.0.1:3260", "iqn": "x", "lun": 0}},
+                                    {"ephemeral": {"volumeClaimTemplate": {}}}])
+def test_a_volume_podmigrate_does_not_carry_is_refused_by_name(volume):
+    p = pod(volumes=[{"name": "data", **volume}])
+    kind = next(iter(volume))
+    assert f"volume 'data' is a {kind} volume, which podmigrate does not carry" in refused(p, NODES, "w2")
+
+
+def test_the_volumes_podmigrate_carries_or_mounts_again_pass():
+    p = pod(volumes=[{"name": "a", "emptyDir": {}}, {"name": "b", "configMap": {"name": "c"}},
+                     {"name": "c", "secret": {"secretName": "s"}}, {"name": "d", "downwardAPI": {}},
+                     {"name": "e", "projected": {"sources": []}}])
+    assert plan.plan(p, NODES, {}, target="w2") == ("w1", "w2")
+
+
+GiB = 1 << 30
+
+
+def test_room_for_the_checkpoint_is_counted_on_both_nodes_for_each_transfer():
+    free = {"source": ("w1", 10 * GiB), "target": ("w2", 10 * GiB)}
+    assert plan.room_problems(4 * GiB, GiB, "direct", free, ("w2", 8 * GiB)) == []
+    # the target holds the whole payload: 5 GiB and a margin do not fit in 5 GiB
+    tight = {"source": ("w1", GiB + 128 * 2**20), "target": ("w2", 5 * GiB)}
+    assert plan.room_problems(4 * GiB, GiB, "direct", tight, ("w2", 8 * GiB)) == [
+        "node w2 has 5120 MiB free for the checkpoint, it needs 5184 MiB (the target of a 5120 MiB payload)"]
+    # the share transfer keeps the payload and its archive on each
+    problems = plan.room_problems(4 * GiB, GiB, "share", free, ("w2", 8 * GiB))
+    assert [p.split(" has ")[0] for p in problems] == ["node w1", "node w2"]
+    assert "it needs 10304 MiB" in problems[0]
+
+
+def test_a_target_without_the_memory_the_pods_processes_use_is_refused():
+    free = {"source": ("w1", 100 * GiB), "target": ("w2", 100 * GiB)}
+    assert plan.room_problems(4 * GiB, 0, "direct", free, ("w2", 3 * GiB)) == [
+        "node w2 has 3072 MiB of memory available, the pod's processes use 4096 MiB"]
+
+
+def test_a_node_address_must_be_an_ip_address_before_it_reaches_authorized_keys():
+    n = node("w1")
+    n["status"]["addresses"] = [{"type": "InternalIP", "address": "10.0.0.5"}]
+    assert plan.node_address(n, "ignored") == "10.0.0.5"
+    n["status"]["addresses"] = [{"type": "InternalIP", "address": '10.0.0.5",command="/bin/sh'}]
+    with pytest.raises(plan.MigrationError, match=r"reports the InternalIP .* which is not an IP address"):
+        plan.node_address(n, "w1")
+    n["status"]["addresses"] = []
+    assert plan.node_address(n, "w1.example") == "w1.example"  # the inventory's host name
+    with pytest.raises(plan.MigrationError, match="neither an IP address nor a host name"):
+        plan.node_address(n, "w1 *")

@@ -9,6 +9,7 @@ Pods, nodes and claims are plain dicts in the API's JSON shape (camelCase keys),
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.manifest import RUNTIME_CLASS
@@ -86,10 +87,15 @@ def node_room(node, pods_on_node):
     return cpu, mem
 
 
+# the volumes a migration carries (emptyDir) or that the target mounts again as they were
+CARRIED_VOLUMES = ("emptyDir", "persistentVolumeClaim", "configMap", "secret", "projected", "downwardAPI")
+
+
 def _volume_problems(pod, claims):
     problems = []
     for volume in (pod.get("spec") or {}).get("volumes") or []:
         name = volume.get("name")
+        kinds = [k for k in volume if k != "name"]
         if "hostPath" in volume:
             problems.append(f"volume {name!r} is a hostPath: its files stay on the source node")
         elif "persistentVolumeClaim" in volume:
@@ -104,6 +110,10 @@ def _volume_problems(pod, claims):
                 held = "/".join(modes) or "without access modes"
                 problems.append(f"volume {name!r}: claim {claim_name!r} is {held}, not ReadWriteMany: "
                                 "the target node could not mount it while the source still runs")
+        elif not any(k in CARRIED_VOLUMES for k in kinds):
+            problems.append(f"volume {name!r} is a {'/'.join(kinds) or 'volume of no type'} volume, which "
+                            "podmigrate does not carry (it carries emptyDir volumes, and mounts ReadWriteMany "
+                            "claims, configMap, secret, projected and downwardAPI volumes again on the target)")
     return problems
 
 
@@ -137,12 +147,14 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
             problems.append(f"pod {ref} already runs on {target}")
         else:
             problems += _target_problems(pod, nodes[target], pods_by_node.get(target, []))
+            problems += spread_problems(pod, target, nodes, pods_by_node)
         chosen = target
     else:
         chosen = None
         candidates = [n for n in sorted(nodes) if n != source]
         for name in candidates:
-            if not _target_problems(pod, nodes[name], pods_by_node.get(name, [])):
+            if not _target_problems(pod, nodes[name], pods_by_node.get(name, [])) + \
+                    spread_problems(pod, name, nodes, pods_by_node):
                 chosen = name
                 break
         if chosen is None:
@@ -166,11 +178,135 @@ def _target_problems(pod, node, pods_on_node):
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not any(tolerates(t, taint) for t in tolerations):
             shown = taint["key"] + (f"={taint['value']}" if taint.get("value") else "")
             problems.append(f"node {name} has the taint {shown}:{taint['effect']}, which the pod does not tolerate")
+    problems += placement_problems(pod, node)
     cpu, mem = pod_requests(pod)
     free_cpu, free_mem = node_room(node, pods_on_node)
     if cpu > free_cpu or mem > free_mem:
         problems.append(f"node {name} has no room: the pod requests {cpu}m CPU and {mem} bytes, "
                         f"{max(free_cpu, 0)}m and {max(free_mem, 0)} bytes are free")
+    return problems
+
+
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def placement_problems(pod, node):
+    """Why the scheduler would not place ``pod`` on ``node``: its nodeSelector, its required
+    node affinity (Kubernetes' rules: any term, every expression of it). What pins the pod
+    to its one node (the node's hostname label, or its name) is not obeyed: a migration
+    moves it off that node on purpose (the restored pod is bound to the target)."""
+    meta = node.get("metadata") or {}
+    name = meta.get("name")
+    labels = meta.get("labels") or {}
+    spec = pod.get("spec") or {}
+    problems = [f"node {name} does not have the label {key}={value} of the pod's nodeSelector"
+                for key, value in sorted((spec.get("nodeSelector") or {}).items())
+                if key != HOSTNAME and labels.get(key) != value]
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = required.get("nodeSelectorTerms") or []
+    if terms and not any(_term_matches(t, labels, name) for t in terms):
+        problems.append(f"node {name} matches none of the pod's required node affinity terms")
+    return problems
+
+
+def _term_matches(term, labels, name):
+    """Whether a node selector term selects the node; its pins to one node are met by all."""
+    expressions = [(e, labels) for e in term.get("matchExpressions") or [] if e.get("key") != HOSTNAME] + \
+        [(e, {"metadata.name": name}) for e in term.get("matchFields") or [] if e.get("key") != "metadata.name"]
+    return bool(term.get("matchExpressions") or term.get("matchFields")) and \
+        all(_expression_matches(e, values) for e, values in expressions)
+
+
+def _expression_matches(expression, labels):
+    key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+    value = labels.get(key)
+    if operator == "In":
+        return value in values
+    if operator == "NotIn":
+        return value not in values
+    if operator == "Exists":
+        return key in labels
+    if operator == "DoesNotExist":
+        return key not in labels
+    if operator in ("Gt", "Lt"):
+        try:
+            number, bound = int(value), int(values[0])
+        except (TypeError, ValueError, IndexError):
+            return False
+        return number > bound if operator == "Gt" else number < bound
+    return False
+
+
+def spread_problems(pod, target, nodes, pods_by_node):
+    """The pod's topology spread constraints (whenUnsatisfiable: DoNotSchedule) the move to
+    ``target`` would break: the skew between the target's domain, with the pod, and the
+    emptiest domain, without it, above maxSkew."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    problems = []
+    for constraint in spec.get("topologySpreadConstraints") or []:
+        if constraint.get("whenUnsatisfiable", "DoNotSchedule") != "DoNotSchedule":
+            continue
+        key, skew = constraint.get("topologyKey"), int(constraint.get("maxSkew") or 1)
+        # the domains of the nodes the pod may run on (nodeAffinityPolicy Honor, the default)
+        domain_of = {n: ((node.get("metadata") or {}).get("labels") or {}).get(key) for n, node in nodes.items()
+                     if not placement_problems(pod, node)}
+        if domain_of.get(target) is None:
+            problems.append(f"node {target} has no label {key}, which the pod's topology spread needs")
+            continue
+        counts = dict.fromkeys((d for d in domain_of.values() if d is not None), 0)
+        selector = constraint.get("labelSelector") or {}
+        for node_name, pods in pods_by_node.items():
+            domain = domain_of.get(node_name)
+            if domain is None:
+                continue
+            for other in pods:
+                other_meta = other.get("metadata") or {}
+                if other_meta.get("uid") == meta.get("uid") or \
+                        other_meta.get("namespace") != meta.get("namespace") or \
+                        (other.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    continue
+                if selector_matches(selector, other_meta.get("labels") or {}):
+                    counts[domain] += 1
+        counts[domain_of[target]] += selector_matches(selector, meta.get("labels") or {})
+        if counts[domain_of[target]] - min(counts.values()) > skew:
+            problems.append(f"node {target}: moving the pod there would skew its topology spread over {key} "
+                            f"beyond {skew} ({', '.join(f'{d}: {c}' for d, c in sorted(counts.items()))})")
+    return problems
+
+
+def selector_matches(selector, labels):
+    """Whether a label selector (matchLabels and matchExpressions) selects ``labels``."""
+    if not selector:
+        return False
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items()) and \
+        all(_expression_matches(e, labels) for e in selector.get("matchExpressions") or [])
+
+
+MARGIN_BYTES = 64 << 20  # CRIU's own images, the logs, the filesystem's slack
+
+
+def room_problems(memory, volumes, transfer, free, target_memory):
+    """Why the nodes have no room for the checkpoint of a pod whose processes use ``memory``
+    bytes and whose emptyDir volumes hold ``volumes``: ``free`` {"source": (name, bytes),
+    "target": (name, bytes)} on the disk of the migration's files, ``target_memory`` (name,
+    MemAvailable bytes). The target holds the whole payload (with the share transfer also
+    its archive); the source, with the direct transfer, all but the memory pages (which
+    stream to the target), with the share transfer the payload and its archive. The
+    target must have the memory the pod's processes use now, not only what it requests."""
+    payload = memory + volumes
+    need = {"source": (2 * payload if transfer == "share" else volumes) + MARGIN_BYTES,
+            "target": (2 * payload if transfer == "share" else payload) + MARGIN_BYTES}
+    problems = []
+    for role in ("source", "target"):
+        name, available = free[role]
+        if available < need[role]:
+            problems.append(f"node {name} has {available >> 20} MiB free for the checkpoint, "
+                            f"it needs {need[role] >> 20} MiB (the {role} of a {payload >> 20} MiB payload)")
+    name, available = target_memory
+    if available < memory + MARGIN_BYTES:
+        problems.append(f"node {name} has {available >> 20} MiB of memory available, the pod's processes use "
+                        f"{memory >> 20} MiB")
     return problems
 
 
@@ -218,6 +354,26 @@ def plan_clone(pod, nodes, pods_by_node, claims=None, target=None):
     if problems:
         raise MigrationError(problems)
     return planned
+
+
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def node_address(node, host):
+    """The address another node reaches ``node`` at (it goes into authorized_keys and
+    known_hosts): its InternalIP, which must be an IP address (each node reports its own),
+    else ``host``, the inventory's, an IP address or a host name."""
+    reported = internal_ip(node)
+    name = (node.get("metadata") or {}).get("name")
+    if reported is not None:
+        try:
+            return str(ipaddress.ip_address(reported))
+        except ValueError:
+            raise MigrationError([f"node {name} reports the InternalIP {reported!r}, which is not an IP address"]) \
+                from None
+    if not HOST_RE.match(host or ""):
+        raise MigrationError([f"node {name}: the inventory's host {host!r} is neither an IP address nor a host name"])
+    return host
 
 
 def internal_ip(node):
