@@ -1,6 +1,8 @@
 """podmigrate: move running pods between nodes with their memory, and look after the local nodes.
 
   podmigrate migrate NAMESPACE/NAME [--to NODE] [--json] ...   move a pod (runs migrate.yml)
+  podmigrate recover [NAMESPACE/NAME] [--json]                 finish or roll back migrations whose
+                                                               controller went away
   podmigrate reports [ID] [--json]                             past migrations
   podmigrate nodes [--json]                                    the local nodes' state
   podmigrate env                                               shell lines: PATH, KUBECONFIG
@@ -11,7 +13,7 @@ Exit codes of `migrate`:
   2  usage error
   3  refused, nothing changed (every reason listed)
   4  failed and rolled back: the source pod runs on
-  5  rolled back, but something was left behind (listed)
+  5  rolled back, but something was left behind (listed; `podmigrate recover` finishes it)
   6  migrated, but something was left behind (listed)
 
 The cluster is the default inventory's (ansible.cfg: the local nodes), its state (the
@@ -97,27 +99,12 @@ def cmd_migrate(args):
     and shows its progress while it works: each phase, and the bytes moved with their rate
     and the time left (a bar on a terminal). Ends with the migration's summary, or why it
     failed and what became of the pod; the exit code says which (podmigrate --help)."""
-    out = sys.stderr if args.json else sys.stdout
-    with tempfile.TemporaryDirectory(prefix="podmigrate-") as work:
-        path = os.path.join(work, "progress")
-        open(path, "w").close()
-        extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout}
-        if args.to:
-            extra["target"] = args.to
-        if args.share:
-            extra["share"] = args.share
-        playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-        command = [playbook if os.path.exists(playbook) else "ansible-playbook", "migrate.yml",
-                   "-e", json.dumps(extra)]
-        if args.inventory:
-            command += ["-i", args.inventory]
-        follower = progress.Follower(path, out).start()
-        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", PODMIGRATE_PROGRESS_FILE=path)
-        run = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False, env=env)
-        follower.finish()
-    result = task_result(run.stdout)
-    if result is None:  # the playbook failed before its migrate task (an inventory, a variable...)
-        result = {"failed": True, "msg": (run.stdout[-3000:] + run.stderr[-2000:]).strip()}
+    extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout}
+    if args.to:
+        extra["target"] = args.to
+    if args.share:
+        extra["share"] = args.share
+    result = run_migrate_playbook(extra, args)
     code, outcome = exit_code(result)
     report = result.get("report") or {}
     # a failure's own words (what became of the pod); else the summary of the move
@@ -131,6 +118,59 @@ def cmd_migrate(args):
     if report.get("report"):
         print(f"report: {report['report']}  (podmigrate reports {report['id']})")
     return code
+
+
+def cmd_recover(args):
+    """Finish or roll back the migrations whose controller went away (killed, its machine or
+    its SSH lost), of one pod or of every pod, from the journal each left in its pod's
+    Lease (runs migrate.yml -e recover=true). A migration still renewing its Lease is
+    waited for until it lapses (about 35 s), then refused: its controller still runs.
+    Each goes forward when it passed its commit point or its restored pod runs from the
+    checkpoint, else back to the source pod; either way what it left on the nodes goes.
+    Exit code 0 when nothing is left, 3 when refused, 1 when a recovery failed (what it
+    could not do stays in the journal: run it again)."""
+    result = run_migrate_playbook({"recover": True, **({"pod": args.pod} if args.pod else {})}, args)
+    reports = result.get("reports") or []
+    if result.get("failed"):
+        code = REFUSED if (result.get("msg") or "").startswith("refused") else NOT_STARTED
+    else:
+        code = NOT_STARTED if any(r.get("left_for_recover") for r in reports) else OK
+    if args.json:
+        print(json.dumps({"exit_code": code, "message": result.get("msg") or (result.get("report") or {}).get(
+            "summary"), "reports": reports}, indent=2))
+        return code
+    if result.get("failed"):
+        print(result.get("msg"), file=sys.stderr)
+    elif not reports:
+        print("nothing to recover")
+    for report in reports:
+        print(f"{report['summary']}\n  why: {report['recovery']['why']}")
+        for what in report.get("left_for_recover") or []:
+            print(f"  still left: {what}", file=sys.stderr)
+        if report.get("report"):
+            print(f"  report: {report['report']}")
+    return code
+
+
+def run_migrate_playbook(extra, args):
+    """The migrate task's result of migrate.yml run with ``extra``, its progress shown."""
+    out = sys.stderr if args.json else sys.stdout
+    with tempfile.TemporaryDirectory(prefix="podmigrate-") as work:
+        path = os.path.join(work, "progress")
+        open(path, "w").close()
+        playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+        command = [playbook if os.path.exists(playbook) else "ansible-playbook", "migrate.yml",
+                   "-e", json.dumps(extra)]
+        if args.inventory:
+            command += ["-i", args.inventory]
+        follower = progress.Follower(path, out).start()
+        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", PODMIGRATE_PROGRESS_FILE=path)
+        run = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False, env=env)
+        follower.finish()
+    result = task_result(run.stdout)
+    if result is None:  # the playbook failed before its migrate task (an inventory, a variable...)
+        result = {"failed": True, "msg": (run.stdout[-3000:] + run.stderr[-2000:]).strip()}
+    return result
 
 
 def exit_code(result):
@@ -268,6 +308,12 @@ def parser():
                    "the local cluster)")
     p.add_argument("--json", action="store_true", help="print the result and the report as JSON on stdout "
                    "(the progress goes to stderr)")
+
+    p = command("recover", cmd_recover, "finish or roll back migrations whose controller went away")
+    p.add_argument("pod", nargs="?", metavar="NAMESPACE/NAME", help="only this pod's (default: every pod's)")
+    p.add_argument("-i", "--inventory", help="Ansible inventory (default: ANSIBLE_INVENTORY, else ansible.cfg's: "
+                   "the local cluster)")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON on stdout")
 
     p = command("reports", cmd_reports, "list past migrations, or show one")
     p.add_argument("id", nargs="?", metavar="ID", help="a migration's id, the start of one, or `last`")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +17,7 @@ import pytest
 import yaml
 from helpers import ROOT, run_playbook
 from kubernetes import client, config
+from podmigrate_node import settle
 from smbserver import SambaServer
 
 from integration.nodes import BRIDGE, NODES, node_run, scp, ssh, ssh_options, write_busybox_image, write_redis_image
@@ -343,6 +348,112 @@ def test_a_pod_another_migration_holds_is_refused_until_its_lock_lapses(api, clu
                 raise
 
 
+def process_tree(pid):
+    """``pid`` and every process descended from it (Ansible's workers start sessions of
+    their own: a process group is not the whole controller)."""
+    return settle.descendants({pid}, settle.parents())
+
+
+def kill_tree(pid):
+    """The controller dies at once: every process of it stopped (none starts another), then
+    SIGKILLed."""
+    stopped = set()
+    while (left := process_tree(pid) - stopped):
+        for p in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        stopped |= left
+    for p in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def kill_mid_phase(cluster, target, phase):
+    """``podmigrate migrate`` of the counter, killed whole as it tells that ``phase``
+    begins, as a controller dies; its SSH masters (which outlive it) ended."""
+    before = set(Path("/tmp").glob("podmigrate-*"))
+    cli = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/counter",
+                            "--to", target, "-i", str(cluster["inventory"]), "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    told = []
+    try:
+        for line in cli.stderr:
+            told.append(line)
+            if line.endswith(f"] {phase} ...\n"):
+                break
+    finally:
+        kill_tree(cli.pid)
+        cli.wait()
+        for left in set(Path("/tmp").glob("podmigrate-*")) - before:
+            for socket in left.glob("*"):
+                subprocess.run(["ssh", "-S", str(socket), "-O", "exit", "controller"], capture_output=True,
+                               timeout=30, check=False)
+            shutil.rmtree(left, ignore_errors=True)
+    assert told and told[-1].endswith(f"] {phase} ...\n"), "".join(told)[-3000:]
+
+
+# the migration's controller killed as each phase begins: podmigrate recover finds the
+# journal in the pod's Lease once it lapses and goes back to the source, or forward when
+# it had passed its commit point or its restored pod runs from the checkpoint
+@pytest.mark.parametrize(("phase", "way"), [
+    ("prepare", "back"), ("stage", "back"), ("freeze", "back"), ("checkpoint", "back"),
+    # the direct transfer sends the payload right after the dump without its controller: then forward
+    ("transfer", None),
+    ("restore", None), ("verify", None), ("commit", "forward")])
+def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_copy_and_nothing_left(
+        api, cluster, counter, phase, way):
+    leases = client.CoordinationV1Api(api.api_client)
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    checksum = ask(cluster, counter["checksum"])
+    probe = Probe(cluster, counter["url"], mode="keep")
+    kill_mid_phase(cluster, target, phase)
+    # while its Lease is renewed by no one and has not lapsed, nothing else may take the pod
+    lease = leases.read_namespaced_lease("podmigrate-counter", "default")
+    journal = json.loads(lease.metadata.annotations.get("podmigrate.io/journal") or "{}")
+    assert journal.get("steps") or phase == "prepare", lease.metadata.annotations  # killed before its first?
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "recover", "default/counter",
+                          "-i", str(cluster["inventory"]), "--json"],
+                         capture_output=True, text=True, timeout=900, check=False)
+    answers = probe.finish()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    reports = json.loads(res.stdout)["reports"]
+    if not journal.get("steps"):  # nothing was changed: the Lease is forgotten, the pod untouched
+        assert reports == [] and current(api, "counter").metadata.uid == source.metadata.uid
+        reports = [{"recovery": {"decision": "back"}, "result": "recovered: rolled back", "id": None}]
+    (report,) = reports
+    decision = report["recovery"]["decision"]
+    assert decision == (way or decision), report["recovery"]
+    assert report["result"] == f"recovered: {'migrated' if decision == 'forward' else 'rolled back'}"
+    # one copy, where the decision says, running on with its memory
+    now = current(api, "counter")
+    if decision == "back":
+        assert (now.metadata.uid, now.spec.node_name) == (source.metadata.uid, source.spec.node_name)
+    else:
+        assert now.spec.node_name == target and now.metadata.uid != source.metadata.uid
+    wait_ready(api, now.metadata.name)
+    assert ask_service(cluster, counter["checksum"]) == checksum
+    values = [a[1] for a in answers if a[1] is not None]
+    assert values == sorted(set(values)), f"a count went back or repeated: {values}"
+    assert int(ask_service(cluster, counter["url"])) > max(values)
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+    with pytest.raises(client.ApiException) as gone:
+        leases.read_namespaced_lease("podmigrate-counter", "default")
+    assert gone.value.status == 404
+    if report["id"] is None:
+        return
+    # its report is the same file, now with the end
+    saved = json.loads((cluster["state"] / "reports" / f"{report['id']}.json").read_text())
+    assert saved["result"] == report["result"] and saved["recovery"] == report["recovery"]
+    # with what its first controller wrote as each phase began (written whole, though it was
+    # killed at any moment): the phases done before it died, up to about the one it died in
+    order = ["validate", "prepare", "stage", "fence", "freeze", "checkpoint", "transfer", "restore", "verify"]
+    done = order.index(phase) if phase in order else len(order)
+    before = list(saved["interrupted"]["phases"])
+    assert saved["interrupted"]["result"] == "running"
+    assert before == order[:len(before)] and len(before) >= done - 1, saved["interrupted"]
+
+
 def test_a_dump_session_whose_engine_goes_away_before_the_freeze_freezes_nothing(api, cluster, counter):
     """The source's dump session gets ready while the pod runs; if the engine goes (its
     SSH session ends) before it says "freeze", the pod is never frozen and counts on."""
@@ -401,6 +512,81 @@ def test_a_node_whose_criu_fails_rolls_back_to_the_running_source(api, cluster, 
     assert [p.metadata.name for p in api.list_namespaced_pod("default").items
             if p.spec.node_name == target and "counter" in p.metadata.name] == []
     assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def cli_migrate(cluster, pod, target):
+    """``podmigrate migrate POD --to TARGET --json``, started: (process, its JSON answer later)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", pod, "--to", target,
+                             "-i", str(cluster["inventory"]), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def answer_of(proc):
+    out, err = proc.communicate(timeout=600)
+    assert out.strip(), err[-3000:]
+    return json.loads(out)
+
+
+def test_the_link_between_source_and_target_cut_mid_checkpoint_rolls_back_to_the_source(api, cluster, counter):
+    """The memory pages stream from the source to the target while they are dumped: the
+    link between the two cut then (the controller still reaches both) fails the dump
+    within the SSH keep-alives' 15 s; the migration rolls back, and with the link back the
+    next migration moves the pod."""
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    checksum = ask(cluster, counter["checksum"])
+    before = int(ask(cluster, counter["url"]))
+    cut = f"OUTPUT -d {NODES[target][0]} -p tcp --dport 22 -j DROP"
+    cli = cli_migrate(cluster, "default/counter", target)
+    try:
+        for line in cli.stderr:
+            if line.endswith("] checkpoint ...\n"):
+                node_run(cluster, source.spec.node_name, f"iptables -I {cut}")
+                break
+        answer = answer_of(cli)
+    finally:
+        node_run(cluster, source.spec.node_name, f"iptables -D {cut}; true")
+    assert answer["result"] == "rolled back" and answer["exit_code"] == 4, answer
+    still = current(api, "counter")
+    assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
+    assert int(ask(cluster, counter["url"])) > before
+    assert ask(cluster, counter["checksum"]) == checksum
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+    run = migrate(cluster, "default/counter", target=target)
+    assert run.rc == 0, run.output[-3000:]
+    assert current(api, "counter").spec.node_name == target
+    assert ask_service(cluster, counter["checksum"]) == checksum
+
+
+def test_the_same_pod_migrated_twice_at_once_moves_once_and_the_other_is_refused(api, cluster, counter):
+    source = current(api, "counter")
+    targets = [w for w in WORKERS if w != source.spec.node_name] * 2
+    checksum = ask(cluster, counter["checksum"])
+    answers = [answer_of(p) for p in [cli_migrate(cluster, "default/counter", t) for t in targets]]
+    results = sorted(a["result"] for a in answers)
+    assert results == ["migrated", "refused"], answers
+    refused = next(a for a in answers if a["result"] == "refused")
+    assert refused["exit_code"] == 3 and "pod default/counter is being migrated: migration " in refused["message"]
+    assert current(api, "counter").spec.node_name == targets[0]  # one copy (current asserts it)
+    assert ask_service(cluster, counter["checksum"]) == checksum
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_two_pods_migrated_at_once_to_one_node_both_move(api, cluster, counter):
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    api.create_namespaced_pod("default", counter_pod("counter-two", source.spec.node_name))
+    try:
+        wait_ready(api, "counter-two")
+        answers = [answer_of(p) for p in [cli_migrate(cluster, "default/counter", target),
+                                          cli_migrate(cluster, "default/counter-two", target)]]
+        assert [a["result"] for a in answers] == ["migrated", "migrated"], answers
+        assert current(api, "counter").spec.node_name == target
+        assert current(api, "counter-two").spec.node_name == target
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+    finally:
+        for pod in api.list_namespaced_pod("default", label_selector="app=counter-two").items:
+            delete_pod(api, pod.metadata.name)
 
 
 def test_the_share_transfer_moves_it_through_the_directory_both_nodes_mount(api, cluster, counter):
@@ -693,6 +879,7 @@ def refusals(api, cluster, tmp_path_factory):
     write_busybox_image(image, BUSYBOX, ("sh",))
     scp(cluster["state"], image, NODES[w1][0], "/tmp/busybox.tar")
     node_run(cluster, w1, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
+    api.patch_node(w1, {"metadata": {"labels": {"podmigrate.test/disk": "ssd"}}})
     pods = {
         "done": counter_pod("done", w1, command=["/counter", "-v"], restart_policy="Never"),
         "hostnet": counter_pod("hostnet", w1, host_network=True),
@@ -701,6 +888,9 @@ def refusals(api, cluster, tmp_path_factory):
             volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")]),
         "big": counter_pod("big", w1, requests={"cpu": "1", "memory": "64Mi"}),
         "filler": counter_pod("filler", w2, requests={"cpu": "1500m", "memory": "64Mi"}),
+        # a label only the source has (a pin by hostname alone is what a migration overrides)
+        "pinned": counter_pod("pinned", w1,
+                              node_selector={"kubernetes.io/hostname": w1, "podmigrate.test/disk": "ssd"}),
         # MPTCP turned on again in the pod's network namespace by a privileged init container:
         # the counter (Go's default listener) then holds an MPTCP socket, which CRIU cannot dump
         "mptcp": counter_pod("mptcp", w1, init_containers=[client.V1Container(
@@ -729,7 +919,7 @@ def refusals(api, cluster, tmp_path_factory):
         spec=client.V1ReplicaSetSpec(replicas=1, selector=selector, template=client.V1PodTemplateSpec(
             metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
     try:
-        for name in ("hostnet", "hostpath", "big", "filler", "mptcp", "unixpair"):
+        for name in ("hostnet", "hostpath", "big", "filler", "pinned", "mptcp", "unixpair"):
             wait_ready(api, name)
         deadline = time.monotonic() + 60
         while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
@@ -739,6 +929,7 @@ def refusals(api, cluster, tmp_path_factory):
         wait_ready(api, owned[0].metadata.name)
         yield {"owned": owned[0].metadata.name}
     finally:
+        api.patch_node(w1, {"metadata": {"labels": {"podmigrate.test/disk": None}}})
         apps.delete_namespaced_replica_set("owned", "default")
         for name in pods:
             delete_pod(api, name)
@@ -755,6 +946,7 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/OWNED", "WORKER2", "is managed by ReplicaSet owned"),
     ("default/big", "WORKER2", "has no room"),
     ("default/big", None, "no node can take pod default/big"),
+    ("default/pinned", "WORKER2", "does not have the label podmigrate.test/disk=ssd of the pod's nodeSelector"),
     ("default/mptcp", "WORKER2", "container counter: process counter (pid 1 in the container"),
     ("default/mptcp", "WORKER2", ":8080): CRIU cannot dump MPTCP. Let the program use plain TCP"),
     ("default/unixpair", "WORKER2", "containers listener and talker are connected by 1 unix socket connection(s)"),

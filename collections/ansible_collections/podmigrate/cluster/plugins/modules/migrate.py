@@ -15,13 +15,29 @@ description:
     restored one is verified, and thawed on a rollback.
   - The phases are described in C(docs/migration.md).
   - Writes a JSON report with per-phase timings under I(report_dir).
+  - One migration of a pod at a time (a Lease per pod, renewed while it runs). Each change
+    is written into the Lease's journal before it is made; a migration whose controller
+    went away is finished or rolled back from it by I(recover), or by the next migration
+    of the pod.
 version_added: "0.1.0"
 author: podmigrate contributors (!UNKNOWN)
 options:
   pod:
-    description: The pod, C(NAMESPACE/NAME) (or C(NAME) in C(default)).
+    description:
+      - The pod, C(NAMESPACE/NAME) (or C(NAME) in C(default)).
+      - Required unless I(recover); with it, only that pod's migration is recovered.
     type: str
-    required: true
+  recover:
+    description:
+      - Instead of a migration, finish or roll back every migration left unfinished (of
+        I(pod), else of any pod), whose controller went away, from the journal in its
+        Lease. A Lease still renewed is waited for until it lapses (about 35 s), then
+        refused, as its controller still runs.
+      - Forward when the migration passed its commit point or its restored pod runs from
+        the checkpoint, else back to the source pod; either way everything it left on the
+        nodes is removed.
+    type: bool
+    default: false
   target:
     description: Node to move it to; empty to pick a Ready node with room.
     type: str
@@ -106,6 +122,12 @@ report:
   description: The migration report (phases in seconds, bytes, result, restored pod).
   returned: always
   type: dict
+reports:
+  description: With I(recover), the report of each migration recovered (its C(recovery) says what was
+    decided and why).
+  returned: when recover
+  type: list
+  elements: dict
 """
 
 
@@ -121,7 +143,8 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils.migration impor
 def main():
     module = AnsibleModule(
         argument_spec={
-            "pod": {"type": "str", "required": True},
+            "pod": {"type": "str"},
+            "recover": {"type": "bool", "default": False},
             "target": {"type": "str"},
             "transfer": {"type": "str", "choices": list(transfers.TRANSFERS), "default": "direct"},
             "share": {"type": "str", "choices": list(transfers.SHARES), "default": "dir"},
@@ -134,6 +157,7 @@ def main():
             "timeout": {"type": "int", "default": 600},
             "profile": {"type": "str", "choices": list(plan.PROFILES), "default": plan.UPSTREAM},
         },
+        required_if=[("recover", False, ["pod"])],
     )
     p = module.params
     try:
@@ -147,8 +171,11 @@ def main():
 
     def progress(event):
         if progress_file:
-            with open(progress_file, "a") as f:
-                f.write(json.dumps(event) + "\n")
+            try:
+                with open(progress_file, "a") as f:
+                    f.write(json.dumps(event) + "\n")
+            except OSError:
+                pass  # whoever followed it went away: the migration goes on
 
     # the version of the helper built from the controller's sources (what the nodes must run)
     helper_digest = nodehelper.digest(p["helper"]) if p["helper"] else None
@@ -156,6 +183,8 @@ def main():
     nodes = {name: remote.Node(name, **{k: v for k, v in spec.items() if k in node_keys})
              for name, spec in p["nodes"].items()}
     job = None
+    if p["recover"]:
+        recover(module, config, nodes, progress, helper_digest)
     try:
         namespace, name = engine.parse_pod(p["pod"])
         api = config.new_client_from_config(config_file=p["kubeconfig"])
@@ -171,12 +200,42 @@ def main():
         if p["profile"] == plan.SEED_FORK:
             # the error says what became of the source (the fork may have stopped it)
             module.fail_json(msg=f"migration failed: {exc}", report=job.report if job else {})
+        if job is not None and job.report.get("result") == "taken over":
+            module.fail_json(msg=f"migration stopped: {exc}; the controller that took it over finishes it",
+                             report=job.report)
         if job is None or not job.changed:
             module.fail_json(msg=f"migration failed before it changed anything: {exc}",
                              report=job.report if job else {})
+        left = job.report.get("left_for_recover")
+        if left:
+            source = "the source pod stays frozen (its restored pod is not gone yet)" if "thaw the source" in left \
+                else "the source pod runs on"
+            module.fail_json(msg=f"migration failed: {exc}; {source}, as its rollback could not yet do: "
+                             f"{', '.join(left)}; run podmigrate recover once that can be done", report=job.report)
         module.fail_json(msg=f"migration failed and was rolled back; the source pod runs on: {exc}",
-                         report=job.report if job else {})
+                         report=job.report)
     module.exit_json(changed=report["result"] == "migrated", report=report)
+
+
+def recover(module, config, nodes, progress, helper_digest):
+    p = module.params
+    namespace = name = None
+    if p["pod"]:
+        namespace, name = engine.parse_pod(p["pod"])
+    try:
+        api = config.new_client_from_config(config_file=p["kubeconfig"])
+        reports = engine.recover(api, nodes, namespace, name, report_dir=p["report_dir"], progress=progress,
+                                 helper_digest=helper_digest)
+    except plan.MigrationError as exc:
+        module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,
+                         report={"result": "refused"})
+    except Exception as exc:
+        module.fail_json(msg=f"recovery failed: {exc}; what it could not do stays in the Lease's journal: "
+                         "run it again", report={"result": "not recovered"})
+    summary = "; ".join(r["summary"] + f" ({r['recovery']['why']})" for r in reports if r.get("recovery")) or \
+        "nothing to recover"
+    module.exit_json(changed=bool(reports), reports=reports,
+                     report={"result": "recovered", "summary": summary, "reports": len(reports)})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ pod, which goes on where it stopped.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import queue
 import re
 import secrets
@@ -40,6 +42,25 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.runne
 MigrationError = plan.MigrationError
 
 
+API_SECONDS = 30  # the longest one call to the API server may take
+
+
+def bounded(api_client, seconds=API_SECONDS):
+    """``api_client`` with every call given up after ``seconds`` (the client's default is to
+    wait forever), unless the call asks for a bound of its own."""
+    rest = api_client.rest_client
+    if getattr(rest, "podmigrate_bounded", False):
+        return api_client
+    request = rest.request
+
+    def with_timeout(*args, **kw):
+        kw["_request_timeout"] = kw.get("_request_timeout") or seconds
+        return request(*args, **kw)
+
+    rest.request, rest.podmigrate_bounded = with_timeout, True
+    return api_client
+
+
 class AlreadyThere(Exception):
     """The pod was moved to the target before: nothing to do."""
 
@@ -47,19 +68,19 @@ class AlreadyThere(Exception):
 class Migration(Runner):
     def __init__(self, api_client, nodes, namespace, name, target=None, transfer="direct",
                  share_dir="/var/lib/podmigrate/share", share="dir", report_dir=None, progress=None,
-                 helper_digest=None, timeout=600):
+                 helper_digest=None, timeout=600, migration_id=None):
         from kubernetes import client  # imported here: the pure parts need no client
 
         self.client = client
+        self.api_client = bounded(api_client)
         self.core = client.CoreV1Api(api_client)
-        self.api_client = api_client
         self.nodes = nodes
         self.namespace, self.name, self.target_name = namespace, name, target
         self.transfer = transfer
         self.share_dir = share_dir
         self.helper_digest = helper_digest
         self.timeout = timeout
-        migration_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+        migration_id = migration_id or time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
         report = {"id": migration_id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
                   **({"share": share} if transfer == "share" else {}), "containers": {}, "result": "running"}
         super().__init__(migration_id, report, progress, report_dir)
@@ -67,7 +88,9 @@ class Migration(Runner):
         self.carrier = transfers.choose(self, transfer, share)
         self.pod = self.source = self.target = None
         self.restored_name = None
+        self.uid = self.containers = None
         self.lock = None
+        self.done = "migrated"  # the result when execute() returns
         self.story = []  # the Events told so far, for the restored pod when it is created
         self.uids = {}  # of the pods told Events, by name
         self.events = queue.Queue()
@@ -77,6 +100,46 @@ class Migration(Runner):
     def phase_starting(self, name):
         if self.lock is not None:
             self.lock.renew(name, self.report.get("source"), self.report.get("target"))
+        self.write_report()  # the controller's own record of how far it came
+
+    def context(self):
+        """What a new controller needs besides the journal's steps (Recovery)."""
+        return {"id": self.id, "namespace": self.namespace, "name": self.name, "uid": self.uid,
+                "lease": self.lock.pod_name if self.lock else None, "containers": self.containers,
+                "source": self.report.get("source"), "target": self.report.get("target"),
+                "restored": self.restored_name, "transfer": self.transfer, "share": self.report.get("share"),
+                "timeout": self.timeout}
+
+    def journal_changed(self):
+        if self.lock is not None:
+            self.lock.write(journal={**self.journal(), "context": self.context()})
+
+    def undo_step(self, record):
+        """A journaled step's ``undo_KIND``: the transfer's, else the engine's."""
+        args = {k: v for k, v in record.items() if k not in ("do", "what", "rollback_only")}
+        kind = f"undo_{record['do']}"
+        return (getattr(self.carrier, kind, None) or getattr(self, kind))(**args)
+
+    def undo_files(self, node):
+        self.nodes[node].run(f"rm -rf {self.directory}")
+
+    def undo_processes(self, node):
+        self.nodes[node].helper("settle", self.id, "--wait", self.timeout, timeout=self.timeout + 60)
+
+    def undo_thaw(self, node, uid):
+        self.nodes[node].helper("thaw", uid)
+
+    def undo_image(self, node, image):
+        self.nodes[node].run(f"ctr -n k8s.io images rm {shlex.quote(image)}", check=False)
+
+    def undo_fence(self, node):
+        self.nodes[node].helper("unfence", self.id)
+
+    def undo_restored(self, node, name):
+        """The staged or restored pod deleted: its runtime first told to give up waiting (a
+        container of it must never start afresh)."""
+        self.nodes[node].run(f"test ! -d {self.directory} || touch {self.directory}/abort")
+        self.delete_pod(name)
 
     def phase_done(self, name, seconds):
         self.event(f"Migration{name.capitalize()}", f"{name} done in {seconds:.2f} s")
@@ -163,14 +226,15 @@ class Migration(Runner):
         from kubernetes.client.rest import ApiException
 
         original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
-        # the longest a phase may take (the stage waits up to three timeouts), and a margin
-        self.lock = lock.PodLock(self.api_client, self.namespace, original, self.id, 3 * self.timeout + 60)
+        self.lock = lock.PodLock(self.api_client, self.namespace, original, self.id, log=self.log)
         try:
             self.lock.acquire(source, target)
         except MigrationError as exc:
             self.lock = None
             return exc.problems
-        self.always(("release the lock", self.lock.release), change=False)
+        except lock.Unfinished:
+            self.lock = None
+            raise
         try:
             now = self.core.read_namespaced_pod(self.name, self.namespace).metadata.uid
         except ApiException as exc:
@@ -183,6 +247,24 @@ class Migration(Runner):
         return []
 
     def validate(self):
+        """Why the pod cannot move (MigrationError), before anything changes. A migration of
+        the pod that its controller left unfinished is finished or rolled back first."""
+        for _attempt in range(3):
+            try:
+                return self.check()
+            except lock.Unfinished as exc:
+                self.recover_first(exc.lease)
+        raise MigrationError([f"pod {self.namespace}/{self.name}: its lock lapsed unfinished again and again"])
+
+    def recover_first(self, lease):
+        self.log(f"the pod's migration {lease['spec'].get('holderIdentity')} was left unfinished "
+                 "(its controller went away): recovering it first")
+        nodes = {name: copy.copy(node) for name, node in self.nodes.items()}  # SSH masters of its own
+        recovery = Recovery(self.api_client, nodes, lease, report_dir=self.report_dir, progress=self.progress,
+                            helper_digest=self.helper_digest)
+        self.report.setdefault("recovered", []).append(recovery.run()["summary"])
+
+    def check(self):
         problems = []
         pod, nodes, pods_by_node, claims = self.observe()
         try:
@@ -202,8 +284,8 @@ class Migration(Runner):
             raise MigrationError(problems)
         self.pod = pod
         self.source, self.target = self.nodes[source], self.nodes[target]
-        self.source_ip = plan.internal_ip(nodes[source]) or self.source.host
-        self.target_ip = plan.internal_ip(nodes[target]) or self.target.host
+        self.source_ip = plan.node_address(nodes[source], self.source.host)
+        self.target_ip = plan.node_address(nodes[target], self.target.host)
         self.report.update(source=source, target=target)
         for node in (self.source, self.target):
             digest = node.helper("version", check=False).strip()
@@ -214,6 +296,7 @@ class Migration(Runner):
         found = json.loads(self.source.helper("preflight", pod["metadata"]["uid"]))
         problems += preflight.problems(found)
         self.memory_bytes = found.get("memory_bytes", 0)  # what the checkpoint's progress counts against
+        problems += self.room_problems(pod["metadata"]["uid"])
         # restored containers start from their own images, which are never pulled: those the
         # target lacks are brought from the source before the freeze
         images = sorted({c["image"] for c in pod["spec"]["containers"]})
@@ -229,20 +312,37 @@ class Migration(Runner):
         self.pod_ip = (pod.get("status") or {}).get("podIP")
         self.uid = self.uids[self.name] = pod["metadata"]["uid"]
 
+    def room_problems(self, uid):
+        """Too little disk for the checkpoint on either node, or too little memory on the
+        target for what the pod's processes use (plan.room_problems)."""
+        volumes = self.source.run(f"du -sb /var/lib/kubelet/pods/{shlex.quote(uid)}/volumes/kubernetes.io~empty-dir "
+                                  "2>/dev/null | cut -f1", check=False).strip()
+        free = {}
+        for role, node in (("source", self.source), ("target", self.target)):
+            out = node.run(f"df -B1 --output=avail {shlex.quote(os.path.dirname(MIGRATIONS))} | tail -n 1").strip()
+            free[role] = (node.name, int(out))
+        meminfo = self.target.run("grep '^MemAvailable:' /proc/meminfo").split()
+        return plan.room_problems(self.memory_bytes, int(volumes) if volumes.isdigit() else 0, self.transfer, free,
+                                  (self.target.name, int(meminfo[1]) * 1024))
+
     def prepare(self):
-        directory = self.directory
         for node in (self.source, self.target):
-            node.run(f"install -d -m 0700 {MIGRATIONS} {directory}")
-            self.always(("remove files", lambda n=node: n.run(f"rm -rf {directory}", check=False)))
+            self.always_do(f"remove files on {node.name}", "files", node=node.name)
+            node.run(f"install -d -m 0700 {MIGRATIONS} {self.directory}")
+        for node in (self.source, self.target):
+            # undone before the files: a helper process a failure left (a page server whose
+            # peer's link was cut) ended first
+            self.always_do(f"end the migration's processes on {node.name}", "processes", node=node.name)
         self.carrier.prepare()
+        # undone after the restored pod is deleted (the newest first): never two live copies
+        self.rollback_do("thaw the source", "thaw", node=self.source.name, uid=self.uid)
 
     def bring_images(self):
         """The pod's images the target lacks, from the source's containerd to the target's
         (ctr export | ctr import), while the pod still runs."""
         brought = []
         for image in self.bring:
-            self.on_rollback((f"remove the brought image {image}", lambda i=image: self.target.run(
-                f"ctr -n k8s.io images rm {shlex.quote(i)}", check=False)))
+            self.rollback_do(f"remove the brought image {image}", "image", node=self.target.name, image=image)
             # once more on a failure: one CI run in three this session saw the target's import
             # refuse the stream ("unrecognized image format") that passed the run before
             for attempt in (1, 2):
@@ -264,7 +364,7 @@ class Migration(Runner):
     def fence(self):
         if not self.pod_ip:
             return
-        self.always(("lift the fence", lambda: self.source.helper("unfence", self.id, check=False)))
+        self.always_do("lift the fence", "fence", node=self.source.name)
         self.source.helper("fence", self.pod_ip, self.id)
 
     def open_capture(self):
@@ -276,7 +376,6 @@ class Migration(Runner):
         self.always(("end the dump session", self.capture.close))
 
     def freeze(self):
-        self.on_rollback(("thaw the source", lambda: self.source.helper("thaw", self.uid)))
         self.capture.send("freeze")
         self.report["freeze_seconds"] = self.capture.answer(60)["seconds"]
 
@@ -324,7 +423,7 @@ class Migration(Runner):
         self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
         restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
         self.restored_name = restored["metadata"]["name"]
-        self.on_rollback(("delete the restored pod", self.abandon_restored))
+        self.rollback_do("delete the restored pod", "restored", node=self.target.name, name=self.restored_name)
         self.uids[self.restored_name] = self.core.create_namespaced_pod(self.namespace, restored).metadata.uid
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
         self.tell_restored_pod_the_story()
@@ -339,29 +438,33 @@ class Migration(Runner):
             time.sleep(0.05)
         self.capture.answer(self.timeout)  # the source's dump session is ready
 
-    def abandon_restored(self):
-        """The staged or restored pod deleted: its runtime first told to give up waiting (a
-        container of it must never start afresh)."""
-        self.target.run(f"touch {self.directory}/abort", check=False)
-        self.delete_restored()
-
     def delete_restored(self):
+        self.delete_pod(self.restored_name)
+
+    def delete_pod(self, name, uid=None):
+        """Pod ``name`` (only the one with ``uid``, when given) deleted at once and waited for
+        until it is gone; False when it was gone already."""
         from kubernetes.client.rest import ApiException
 
+        options = self.client.V1DeleteOptions(
+            grace_period_seconds=0, preconditions=self.client.V1Preconditions(uid=uid) if uid else None)
         try:
-            self.core.delete_namespaced_pod(self.restored_name, self.namespace, grace_period_seconds=0)
+            self.core.delete_namespaced_pod(name, self.namespace, body=options)
         except ApiException as exc:
-            if exc.status != 404:
-                raise
-        self.wait_gone(self.restored_name)
+            if exc.status == 404 or (uid and exc.status == 409):  # 409: a new pod of the name
+                return False
+            raise
+        self.wait_gone(name, uid)
+        return True
 
-    def wait_gone(self, name, timeout=120):
+    def wait_gone(self, name, uid=None, timeout=120):
         from kubernetes.client.rest import ApiException
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                self.core.read_namespaced_pod(name, self.namespace)
+                if uid not in (None, self.core.read_namespaced_pod(name, self.namespace).metadata.uid):
+                    return  # a new pod of the name
             except ApiException as exc:
                 if exc.status == 404:
                     return
@@ -401,22 +504,25 @@ class Migration(Runner):
         """The commit of a frozen source: the pod object first (the kubelet then stops its
         containers and never starts them again), then the helper kills their processes once
         the kubelet's stop has begun: they never run another instruction."""
-        self.core.delete_namespaced_pod(self.name, self.namespace, grace_period_seconds=0)
-        self.wait_gone(self.name)
-        self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
+        if self.delete_pod(self.name, self.uid):
+            self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
 
     # ------------------------------------------------------------ driver
     def run(self):
         started = time.monotonic()
-        committed = False
         control = tempfile.mkdtemp(prefix="podmigrate-ssh-")
         for node in self.nodes.values():
             node.multiplex(control)
         self.event_sender.start()
         try:
             self.execute()
-            committed = True
-            self.report["result"] = "migrated"
+            self.report["result"] = self.done
+        except lock.LostLock as exc:
+            # another controller (podmigrate recover) took the journal: its changes are its own
+            self.undo = [u for u in self.undo if not u[3]]
+            self.report.update(result="taken over", error=str(exc))
+            self.log(f"stopped: {exc}")
+            raise
         except AlreadyThere as exc:
             self.report.update(result="already there", message=str(exc))
         except MigrationError as exc:
@@ -433,17 +539,34 @@ class Migration(Runner):
             raise
         finally:
             self.cleanup()
+            self.unlock()
             for node in self.nodes.values():
                 node.close()
             shutil.rmtree(control, ignore_errors=True)
             self.report["total_seconds"] = round(time.monotonic() - started, 3)
             self.summarize()
             self.write_report()
-            if committed:
+            if self.committed and self.restored_name:
                 self.event("MigrationDone", self.report["summary"], pod_name=self.restored_name)
             self.events.put(None)
             self.event_sender.join(timeout=60)
         return self.report
+
+    def unlock(self):
+        """The lock released, or, with steps left that could not be undone, kept with them in
+        its journal for ``podmigrate recover``."""
+        if self.lock is None:
+            return
+        left = self.journal()
+        try:
+            if left["steps"]:
+                self.lock.keep({**left, "context": self.context()})
+                self.report["left_for_recover"] = [step["what"] for step in left["steps"]]
+                self.log("left for podmigrate recover: " + ", ".join(self.report["left_for_recover"]))
+            else:
+                self.lock.release()
+        except Exception as exc:  # the Lease lapses; its journal (written before each change) says the rest
+            self.report.setdefault("cleanup_errors", []).append(f"the lock: {exc}")
 
     def execute(self):
         """The phases up to and including the commit (the seed-fork profile has its own)."""
@@ -488,6 +611,153 @@ class Migration(Runner):
                                   f"{self.report.get('target', '?')}: {self.report['result']} in "
                                   f"{self.report.get('total_seconds', 0):.2f} s ({phases}); "
                                   f"checkpoint {raw / 2**20:.1f} MiB, sent {sent / 2**20:.1f} MiB")
+
+
+class Recovery(Migration):
+    """A migration whose controller went away (killed, its machine or its SSH lost), finished
+    or rolled back by another, from the journal in the pod's lapsed Lease (lock.py). It
+    keeps the migration's id (its report is the same file, now with the end), takes over
+    the Lease (a compare-and-set: one recovery only), waits for the migration's processes
+    on both nodes to end, then decides: forward (the migration passed its commit point, or
+    its restored pod runs from the checkpoint: it may have answered clients) to the commit,
+    or back to the source, which is thawed after the restored pod is gone."""
+
+    def __init__(self, api_client, nodes, lease, report_dir=None, progress=None, helper_digest=None):
+        self.left = lock.journal_of(lease) or {}
+        ctx = self.left.get("context") or {}
+        if not ctx.get("id"):
+            raise MigrationError([f"lease {lease['metadata']['name']} holds no journal this version can read"])
+        super().__init__(api_client, nodes, ctx["namespace"], ctx["name"], ctx.get("target"),
+                         transfer=ctx.get("transfer") or "direct", share=ctx.get("share") or "dir",
+                         report_dir=report_dir, progress=progress, helper_digest=helper_digest,
+                         timeout=ctx.get("timeout") or 600, migration_id=ctx["id"])
+        self.lease = lease
+        # what the migration's own controller wrote into the report before it went away
+        try:
+            with open(os.path.join(report_dir, f"{self.id}.json")) as f:
+                before = json.load(f)
+            self.report["interrupted"] = {k: before[k] for k in ("phases", "result", "containers") if k in before}
+        except (TypeError, OSError, ValueError):
+            pass  # no report directory, or none written there
+        self.uid, self.containers, self.restored_name = ctx.get("uid"), ctx.get("containers") or [], ctx.get("restored")
+        self.report.update(source=ctx.get("source"), target=ctx.get("target"))
+        if self.restored_name:
+            self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
+        missing = [n for n in (ctx.get("source"), ctx.get("target")) if n and n not in nodes]
+        if missing:
+            raise MigrationError([f"node {', '.join(missing)} of migration {self.id} is not in the inventory: "
+                                  "no way to reach it over SSH"])
+        self.source, self.target = nodes.get(ctx.get("source")), nodes.get(ctx.get("target"))
+        self.lock = lock.PodLock(api_client, self.namespace, ctx.get("lease") or self.name, f"{self.id}.recover",
+                                 log=self.log)
+        self.lock.source, self.lock.target = ctx.get("source"), ctx.get("target")
+
+    def execute(self):
+        self.phase("settle", self.settle)
+        decision, why = self.decide()
+        self.report["recovery"] = {"decision": decision, "why": why}
+        self.log(f"recovering {self.id}: {decision}, as {why}")
+        if decision == "forward":
+            if not self.committed:
+                self.pass_commit_point()
+            self.phase("commit", self.end_frozen_source)
+            self.done = "recovered: migrated"
+        else:
+            self.done = "recovered: rolled back"  # cleanup undoes every step, the newest first
+
+    def settle(self):
+        """The Lease taken over, with its journal; then every process of the migration on
+        its nodes ended (the dump runs on to its end, then finds its controller gone)."""
+        self.lock.phase = "recover"
+        self.lock.take_over(self.lease)
+        self.lock.start_heartbeat()
+        self.taken = True
+        ended = {}
+        for node in {n.name: n for n in (self.source, self.target) if n}.values():
+            ended[node.name] = json.loads(node.helper("settle", self.id, "--wait", self.timeout,
+                                                      timeout=self.timeout + 60))
+        self.report["settled"] = ended
+        # the journal's steps are this controller's only now: nothing of the migration runs
+        self.committed = bool(self.left.get("committed"))
+        for record in self.left.get("steps") or []:
+            step = {k: v for k, v in record.items() if k not in ("what", "rollback_only")}
+            self.undo.append((record["what"], lambda r=step: self.undo_step(r), record["rollback_only"], step))
+        self.changed = self.loaded = True
+
+    def unlock(self):
+        if not getattr(self, "taken", False):
+            self.lock = None  # never held: another recovery took it first
+        elif not getattr(self, "loaded", False):
+            # the nodes could not be settled: the journal is kept as it was, for the next try
+            self.lock.keep(self.left)
+            return
+        super().unlock()
+
+    def decide(self):
+        """forward or back, and why. Settled, nothing of the migration runs on the nodes: its
+        payload on the target is whole or never will be. A whole one may be being restored
+        this moment: that restore is waited for, as the migration would have (a restored
+        pod deleted once it may have answered a client would lose what it answered)."""
+        from kubernetes.client.rest import ApiException
+
+        if self.committed:
+            return "forward", "it had passed its commit point"
+        if not self.restored_name or self.target is None:
+            return "back", "it had not created its restored pod"
+        try:
+            staged = self.core.read_namespaced_pod(self.restored_name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return "back", "its restored pod is gone"
+        if staged.metadata.deletion_timestamp:
+            return "back", "its restored pod is being deleted"
+        whole = " && ".join(f"test -d {self.directory}/payload/{shlex.quote(c)}/images" for c in self.containers)
+        if self.target.run(f"{whole} && echo whole", check=False).strip() != "whole":
+            return "back", "its payload had not all arrived on the target"
+        try:
+            pod = self.wait_running()
+        except NodeError as exc:
+            return "back", f"its restored pod did not run ({exc})"
+        restored = json.loads(self.target.helper("restored", self.id, pod["metadata"]["uid"]))
+        if not all(restored.get(c) for c in self.containers):
+            return "back", "its restored pod did not start from the checkpoint"
+        return "forward", "its restored pod runs from the checkpoint (it may have answered clients)"
+
+
+def recover(api_client, nodes, namespace=None, name=None, wait=lock.LEASE_SECONDS + lock.RENEW_SECONDS,
+            **kw):
+    """Every migration left unfinished (of pod NAMESPACE/NAME, or of all pods): each lapsed
+    podmigrate Lease with a journal, recovered (Recovery); a Lease still renewed is waited
+    for up to ``wait`` seconds (its controller may have just died), then refused. Returns
+    the reports; a Lease with nothing left is deleted."""
+    from kubernetes import client
+
+    leases = client.CoordinationV1Api(bounded(api_client))
+    selector = "app.kubernetes.io/managed-by=podmigrate"
+    deadline = time.monotonic() + wait
+    reports = []
+    while True:
+        found = leases.list_namespaced_lease(namespace, label_selector=selector) if namespace else \
+            leases.list_lease_for_all_namespaces(label_selector=selector)
+        found = [api_client.sanitize_for_serialization(x) for x in found.items]
+        if name:
+            found = [x for x in found if x["metadata"]["name"] == lock.lease_name(name)]
+        now = _now()
+        live = [x for x in found if not lock.expired(x, now)]
+        for lease in found:
+            if lease in live:
+                continue
+            if (lock.journal_of(lease) or {}).get("steps"):
+                reports.append(Recovery(api_client, nodes, lease, **kw).run())
+            else:
+                lock.forget(leases, lease)
+        if not live:
+            return reports
+        if time.monotonic() > deadline:
+            raise MigrationError([f"lease {x['metadata']['namespace']}/{x['metadata']['name']}: "
+                                  f"{lock.held_by(x)}: its controller still runs" for x in live])
+        time.sleep(1)
 
 
 def _now():

@@ -26,7 +26,9 @@ class Node:
 
     def __init__(self, name, host, user="root", port=None, key=None, ssh_args=""):
         self.name, self.host, self.user = name, host, user
-        self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        # a node that stops answering is given up after 15 s (keep-alives), not waited for forever
+        self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
+                        "-o", "ServerAliveCountMax=3"]
         if port:
             self.options += ["-p", str(port)]
         if key:

@@ -10,6 +10,13 @@ pod, the thaw of the source, a brought image). ``pass_commit_point`` drops the s
 from there the restored pod stays and the source is never thawed. ``cleanup`` runs what
 is left, newest first, and records what it could not undo. So ``changed`` (an undo step
 was ever recorded) tells whether a failure rolled something back or came before any change.
+
+A step that changes a node or the cluster is also written down as data, ``{"do": KIND,
+...}`` (what the engine's ``undo_KIND`` needs), in the journal: the list of those steps,
+and whether the commit point was passed. ``journal_changed`` is told each time the
+journal changes, before the change it records is made (the engine writes it into the
+pod's Lease), so a controller that dies at any moment leaves a journal that says what to
+undo, or to finish, and a new controller can do it (engine.Recovery).
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ class Runner:
         self.report = report
         self.progress = progress or (lambda event: None)  # told dicts (progress.py)
         self.report_dir = report_dir
-        self.undo = []
+        self.undo = []  # (what, function, rollback only, record or None)
         self.changed = False
+        self.committed = False
 
     def log(self, msg):
         self.progress({"id": self.id, "line": msg})
@@ -57,24 +65,72 @@ class Runner:
         """(what, function): undone when the migration ends, whichever way; ``change=False``
         for what changes nothing of the pod or its nodes (the migration's own lock)."""
         self.changed = self.changed or change
-        self.undo.append((*step, False))
+        self.undo.append((*step, False, None))
 
     def on_rollback(self, step):
         """(what, function): undone only if the migration fails before its commit point."""
         self.changed = True
-        self.undo.append((*step, True))
+        self.undo.append((*step, True, None))
+
+    def always_do(self, what, kind, **args):
+        """A journaled step undone when the migration ends, whichever way: ``undo_KIND(**args)``."""
+        self.record(what, {"do": kind, **args}, rollback_only=False)
+
+    def rollback_do(self, what, kind, **args):
+        """A journaled step undone only if the migration fails before its commit point."""
+        self.record(what, {"do": kind, **args}, rollback_only=True)
+
+    def record(self, what, record, rollback_only):
+        self.changed = True
+        self.undo.append((what, lambda: self.undo_step(record), rollback_only, record))
+        self.journal_changed()
+
+    def undo_step(self, record):
+        """Carry out a journaled step (the engine: its ``undo_KIND`` method)."""
+        raise NotImplementedError
+
+    def journal(self):
+        """What a new controller needs to finish or undo this migration (JSON-able)."""
+        return {"committed": self.committed,
+                "steps": [{"what": what, "rollback_only": rollback_only, **record}
+                          for what, _undo, rollback_only, record in self.undo if record]}
+
+    def journal_changed(self):
+        """Told each time the journal changes (the engine writes it into the pod's Lease)."""
 
     def pass_commit_point(self):
+        """From here the restored pod stays and the source is never thawed: the journal says
+        so first (the engine's write of it is the commit point, and raises if it fails)."""
+        before = self.undo
+        self.committed = True
         self.undo = [u for u in self.undo if not u[2]]
+        try:
+            self.journal_changed()
+        except Exception:
+            self.committed, self.undo = False, before
+            raise
 
     def cleanup(self):
-        errors = []
-        for what, undo, _rollback_only in reversed(self.undo):
+        """Undo what is left, newest first; the steps that failed are kept in ``self.undo``
+        (and so in the journal). Once a rollback step fails, the older rollback steps are
+        kept undone too: each is safe only after the newer ones (the source is thawed only
+        once the restored pod is gone)."""
+        errors, left = [], []
+        blocked = None
+        for step in reversed(self.undo):
+            what, undo, rollback_only = step[0], step[1], step[2]
+            if rollback_only and blocked:
+                errors.append(f"{what}: not done, as {blocked} failed")
+                left.insert(0, step)
+                continue
             try:
                 undo()
             except Exception as exc:
                 errors.append(f"{what}: {exc}")
-        self.undo = []
+                left.insert(0, step)
+                if rollback_only:
+                    blocked = what
+        self.undo = left
         if errors:
             self.report["cleanup_errors"] = errors
             self.log("cleanup left: " + "; ".join(errors))
@@ -84,6 +140,8 @@ class Runner:
             return
         os.makedirs(self.report_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.report_dir, f"{self.id}.json")
-        with open(path, "w") as f:
+        # whole or not at all: a controller killed while it writes leaves the last one
+        with open(f"{path}.part", "w") as f:
             json.dump(self.report, f, indent=2)  # the phases in the order they ran
+        os.replace(f"{path}.part", path)
         self.report["report"] = path

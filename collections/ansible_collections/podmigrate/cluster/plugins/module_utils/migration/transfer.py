@@ -4,7 +4,8 @@
 transfer, with one interface the engine calls.
 
   problems()   at validate: why this transfer cannot be used (nothing has changed yet)
-  prepare()    before the freeze: whatever the transfer needs set up (recording its undo)
+  prepare()    before the freeze: whatever the transfer needs set up (recording its undo:
+               ``job.always_do(what, KIND, ...)``, carried out by its ``undo_KIND``)
   dump_args()  what the source's ``dump`` adds (the direct transfer streams the memory
                pages to the target as they are dumped)
   carry()      after the checkpoint: the payload onto the target, checked whole; returns
@@ -65,23 +66,29 @@ class Direct(Transfer):
                 public = f.read().strip()
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        job.always_do("remove the one-time key", "key", node=job.target.name)
         host_key = job.target.run("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
         # the ports the key may forward to: where the target's page servers listen, one per
-        # container (their tunnels open before the freeze, all at once)
+        # container (their tunnels open before the freeze, all at once); and when the key
+        # expires, in the target's own time (as sshd reads expiry-time): when the migration's
+        # staged pod gives up too, should nobody remove the key
         names = job.containers
-        ports = json.loads(job.target.run(
-            f"python3 -c 'import json, socket; s = [socket.socket() for _ in range({len(names)})]; "
-            "[x.bind((\"127.0.0.1\", 0)) for x in s]; print(json.dumps([x.getsockname()[1] for x in s]))'"))
+        lifetime = 3 * job.timeout + 60
+        ports, expiry = json.loads(job.target.run(
+            f"python3 -c 'import json, socket, time; s = [socket.socket() for _ in range({len(names)})]; "
+            "[x.bind((\"127.0.0.1\", 0)) for x in s]; print(json.dumps([[x.getsockname()[1] for x in s], "
+            f"time.strftime(\"%Y%m%d%H%M\", time.localtime(time.time() + {lifetime}))]))'"))
         self.ports = dict(zip(names, ports, strict=True))
         permit = ",".join(f'permitopen="127.0.0.1:{port}"' for port in ports)
-        entry = (f'restrict,port-forwarding,{permit},from="{job.source_ip}",'
+        entry = (f'restrict,port-forwarding,{permit},from="{job.source_ip}",expiry-time="{expiry}",'
                  f'command="{HELPER} forced" {public}')
         job.target.run(add_key_command(AUTHORIZED_KEYS), stdin=(entry + "\n").encode())
-        job.always(("remove the one-time key", lambda: job.target.run(
-            remove_key_command(AUTHORIZED_KEYS, job.id), check=False)))
         job.source.run(f"umask 077; cat > {job.directory}/key", stdin=private.encode())
         job.source.run(f"umask 077; cat > {job.directory}/known_hosts",
                        stdin=f"{job.target_ip} {host_key[0]} {host_key[1]}\n".encode())
+
+    def undo_key(self, node):
+        self.job.nodes[node].run(remove_key_command(AUTHORIZED_KEYS, self.job.id))
 
     def ssh_args(self):
         return ["--to", self.job.target_ip, "--key", f"{self.job.directory}/key",
@@ -122,12 +129,15 @@ class DirShare(Transfer):
         job = self.job
         self.share = f"{job.share_dir}/{job.id}"
         quoted = shlex.quote(self.share)
+        job.always_do("remove the share's files", "share_files", node=job.source.name, path=self.share)
         job.source.run(f"install -d -m 0700 {quoted} && echo {job.id} > {quoted}/probe")
-        job.always(("remove the share's files", lambda: job.source.run(f"rm -rf {quoted}", check=False)))
         seen = job.target.run(f"cat {quoted}/probe", check=False).strip()
         if seen != job.id:
             raise NodeError(f"{job.target.name} does not see what {job.source.name} writes to {job.share_dir}: "
                             "is the share mounted on both?")
+
+    def undo_share_files(self, node, path):
+        self.job.nodes[node].run(f"rm -rf {shlex.quote(path)}")
 
     def carry(self):
         job = self.job
@@ -157,10 +167,13 @@ class SmbShare(Transfer):
     def prepare(self):
         # the target must read what the source writes to the share, checked as a checkpoint is
         job = self.job
-        job.always(("remove the share's files", lambda: job.source.helper("smb-rm", job.id, check=False)))
+        job.always_do("remove the share's files", "smb_files", node=job.source.name)
         probe = f"{job.directory}/probe"
         job.source.run(f"echo {job.id} > {probe}")
         self.copy(probe, "probe", probe)
+
+    def undo_smb_files(self, node):
+        self.job.nodes[node].helper("smb-rm", self.job.id)
 
     def copy(self, path, name, dest):
         """The source's file ``path`` to the target's ``dest`` through the share: uploaded,
