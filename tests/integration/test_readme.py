@@ -77,6 +77,8 @@ def test_a_new_user_walks_the_readme_after_make_demo(api, cluster):
         new = sorted(p.stem for p in set(reports.glob("*.json")) - before)
         assert len(new) >= 3, new
         assert [(i, "migrated") for i in new[:3]] == [m for m in listed if m[0] in new[:3]], listed
+        # no migration was left unfinished
+        assert "nothing to recover" in out, out[-4000:]
         # the benchmark's table, ours and the floor
         assert re.search(r"^\| 256 \| direct \| 2/2 \|", out, re.M), out[-4000:]
         assert re.search(r"^\| 256 \| floor \| 2/2 \|", out, re.M), out[-4000:]
