@@ -99,6 +99,40 @@ def test_every_node_is_ready_at_the_pinned_version(api):
         assert node.status.node_info.container_runtime_version.startswith("containerd://2.")
 
 
+def test_the_migration_engine_has_an_identity_of_its_own_allowed_only_what_a_migration_needs(cluster):
+    """migrate.yml talks to the API server as user podmigrate-engine (a client certificate of
+    the cluster's CA, root-only on the controller), not as the cluster's admin. The API
+    server itself answers what that user may do (SelfSubjectAccessReview, nothing is
+    tried): a migration's calls yes; secrets, exec, the kubelet API, nodes, RBAC no."""
+    kubeconfig = cluster["state"] / "engine.kubeconfig"
+    assert kubeconfig.stat().st_mode & 0o077 == 0, "the engine's kubeconfig must be root-only"
+    engine = config.new_client_from_config(str(kubeconfig))
+    review = client.AuthorizationV1Api(engine)
+
+    def allowed(verb, resource, group="", subresource=None, namespace="default"):
+        attributes = client.V1ResourceAttributes(verb=verb, resource=resource, group=group,
+                                                 subresource=subresource, namespace=namespace)
+        answer = review.create_self_subject_access_review(client.V1SelfSubjectAccessReview(
+            spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes)))
+        return answer.status.allowed
+
+    whoami = client.AuthenticationV1Api(engine).create_self_subject_review(client.V1SelfSubjectReview())
+    assert whoami.status.user_info.username == "podmigrate-engine"
+    assert "system:masters" not in (whoami.status.user_info.groups or [])
+    needs = [("get", "pods"), ("list", "pods"), ("create", "pods"), ("delete", "pods"), ("list", "nodes"),
+             ("get", "namespaces"), ("list", "persistentvolumeclaims"), ("create", "events"),
+             ("create", "leases", "coordination.k8s.io"), ("update", "leases", "coordination.k8s.io"),
+             ("delete", "leases", "coordination.k8s.io"), ("list", "leases", "coordination.k8s.io")]
+    assert [n for n in needs if not allowed(*n)] == []
+    never = [("get", "secrets"), ("list", "secrets"), ("create", "pods", "", "exec"), ("get", "nodes", "", "proxy"),
+             ("update", "pods"), ("patch", "pods"), ("delete", "nodes"), ("update", "nodes"),
+             ("create", "clusterrolebindings", "rbac.authorization.k8s.io"), ("get", "configmaps"),
+             ("create", "serviceaccounts", "", "token")]
+    assert [n for n in never if allowed(*n)] == []
+    # and it reads what a migration reads
+    assert {n.metadata.name for n in client.CoreV1Api(engine).list_node().items} == set(NODES)
+
+
 def test_kubelets_evict_by_absolute_disk_thresholds_on_local_nodes(api):
     # the nodes share the host's disk: percentages of it evicted big migrations' pods
     for node in api.list_node().items:

@@ -224,6 +224,7 @@ def test_the_counter_moves_with_its_memory_and_no_acknowledged_count_is_lost(api
     reports = sorted((cluster["state"] / "reports").glob("*.json"))
     report = json.loads(reports[-1].read_text())
     assert report["result"] == "migrated"
+    assert report["api_user"] == "podmigrate-engine"  # its own identity, not the cluster's admin
     assert list(report["phases"]) == ["validate", "prepare", "stage", "fence", "freeze", "checkpoint", "transfer",
                                       "restore", "verify", "commit"]
     assert report["containers"]["counter"]["checkpoint_bytes"] > MEMORY_MIB << 20

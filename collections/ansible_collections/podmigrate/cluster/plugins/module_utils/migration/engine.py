@@ -219,6 +219,12 @@ class Migration(Runner):
             self.core.list_namespaced_persistent_volume_claim(self.namespace).items)}
         return pod, nodes, pods_by_node, claims
 
+    def api_user(self):
+        """Who this engine is to the API server (migrate.yml: podmigrate-engine, role kubeadm)."""
+        review = self.client.AuthenticationV1Api(self.api_client).create_self_subject_review(
+            self.client.V1SelfSubjectReview())
+        return review.status.user_info.username
+
     def take_lock(self, pod, source, target):
         """The pod's lock (lock.py), held to the end of the migration; then the pod read
         again: the problems that stop the migration (another holds the lock, or the pod
@@ -267,6 +273,7 @@ class Migration(Runner):
     def check(self):
         problems = []
         pod, nodes, pods_by_node, claims = self.observe()
+        self.report["api_user"] = self.api_user()
         try:
             source, target = plan.plan(pod, nodes, pods_by_node, claims, self.target_name)
         except MigrationError as exc:
