@@ -99,7 +99,7 @@ def cmd_migrate(args):
     and shows its progress while it works: each phase, and the bytes moved with their rate
     and the time left (a bar on a terminal). Ends with the migration's summary, or why it
     failed and what became of the pod; the exit code says which (podmigrate --help)."""
-    extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout}
+    extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout, "node_deadline": args.node_deadline}
     if args.to:
         extra["target"] = args.to
     if args.share:
@@ -304,6 +304,9 @@ def parser():
                    "SMB share, else a directory both nodes mount)")
     p.add_argument("--timeout", type=int, default=600, metavar="SECONDS",
                    help="the most each of checkpoint, transfer and restore may take before a rollback")
+    p.add_argument("--node-deadline", type=int, default=120, metavar="SECONDS",
+                   help="should this controller die and no one run podmigrate recover: how long after its last "
+                   "word the source node settles the migration by itself (as the target's verdict says)")
     p.add_argument("-i", "--inventory", help="Ansible inventory (default: ANSIBLE_INVENTORY, else ansible.cfg's: "
                    "the local cluster)")
     p.add_argument("--json", action="store_true", help="print the result and the report as JSON on stdout "

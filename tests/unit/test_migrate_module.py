@@ -30,3 +30,38 @@ def test_a_migration_that_fails_before_any_change_says_nothing_changed(tmp_path,
     assert "rolled back" not in answer["msg"]
     if why == "no API server":
         assert answer["report"]["result"] == "not started"
+
+
+def test_an_api_server_that_stops_answering_is_given_up_naming_the_call(tmp_path):
+    """A call to an API server that accepts the connection and never answers is given up
+    after its bound (tried twice, each half of it; the client alone would try four times),
+    with an error that names what was waited for."""
+    import contextlib
+    import socket
+    import time
+
+    from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine
+    from kubernetes import client, config
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(NOWHERE_KUBECONFIG.replace("https://127.0.0.1:9", f"http://127.0.0.1:{silent.getsockname()[1]}"))
+    try:
+        api = engine.bounded(config.new_client_from_config(str(kubeconfig)), seconds=1)
+        started = time.monotonic()
+        with pytest.raises(engine.ApiUnreachable) as gone:
+            client.CoreV1Api(api).read_namespaced_pod("counter-x", "default")
+        assert time.monotonic() - started < 2.5
+        assert str(gone.value).startswith(
+            "the API server did not answer GET /api/v1/namespaces/default/pods/counter-x within 1 s"), gone.value
+        silent.settimeout(0.5)
+        tries = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                silent.accept()[0].close()
+                tries += 1
+        assert tries == 2
+    finally:
+        silent.close()

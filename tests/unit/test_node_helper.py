@@ -234,6 +234,49 @@ def test_an_abandoned_migration_restores_nothing_even_with_its_payload_here(tmp_
         runtime.restore_source(spec)
 
 
+def test_a_container_restored_by_an_abandoned_migration_is_not_restarted_afresh(tmp_path, monkeypatch):
+    """Rolled back, a restored container the kubelet would restart (its processes were
+    killed) must not start from its image beside the thawed source."""
+    monkeypatch.setattr(runtime, "MIGRATIONS", str(tmp_path))
+    spec = {"annotations": {"podmigrate.io/restore": "m1", "io.kubernetes.cri.container-type": "container",
+                            "io.kubernetes.cri.container-name": "app"}}
+    (tmp_path / "m1" / "payload" / "app" / "images").mkdir(parents=True)
+    (tmp_path / "m1" / "payload" / "app" / "restored").write_text("c1")
+    assert runtime.restore_source(spec) is None  # a restart after the restore: an ordinary create
+    (tmp_path / "m1" / "abort").touch()
+    with pytest.raises(runtime.Aborted):
+        runtime.restore_source(spec)
+
+
+def test_a_restore_waiting_for_the_gate_when_the_migration_is_abandoned_restores_nothing(tmp_path):
+    """The runtime restores under the migration's gate (flock) and looks at ``abort`` once it
+    holds it; ``end-restored`` writes ``abort`` and then takes the gate. A create that
+    reached the gate while the rollback held it gives up, and never runs runc."""
+    directory = tmp_path / "m1"
+    (directory / "payload" / "app" / "images").mkdir(parents=True)
+    (directory / "expect").write_text(f"{time.time() + 60:.0f}\n")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"annotations": {
+        "podmigrate.io/restore": "m1", "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": "app"}}))
+    called = tmp_path / "runc-called"
+    fake_runc = tmp_path / "runc"  # only tells whether a restore was attempted
+    fake_runc.write_text(f"#!/bin/sh\ntouch {called}\n")
+    fake_runc.chmod(0o755)
+    env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), PODMIGRATE_RUNC=str(fake_runc),
+               PODMIGRATE_RESTORED_DIR=str(tmp_path / "restored"))
+    with runtime.gate(str(directory)):  # the rollback holds the gate
+        create = subprocess.Popen([sys.executable, runtime.__file__, "create", "--bundle", str(bundle), "c1"],
+                                  env=env, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        assert create.poll() is None  # waiting at the gate
+        (directory / "abort").touch()
+    _, err = create.communicate(timeout=10)
+    assert create.returncode == 1 and "abandoned" in err, err
+    assert not called.exists()
+
+
 def test_the_helper_is_one_file_whose_sha256_is_its_version(node_helper, tmp_path):
     from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
 
@@ -382,3 +425,78 @@ def test_settle_waits_for_a_dump_under_way_and_kills_the_rest_first(tmp_path):
             os.kill(pid, 9)
         mine.kill()
         mine.wait()
+
+
+def helper_run(node_helper, tmp_path, *args):
+    # runc stands in as /bin/true: no container runs here (the cluster tests kill real ones)
+    env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), PODMIGRATE_RUNC="/bin/true")
+    return subprocess.run([sys.executable, str(node_helper), *args], capture_output=True, text=True, env=env,
+                          check=False)
+
+
+def staged(tmp_path, restored):
+    """A migration's directory on a target with a payload of two containers, those named in
+    ``restored`` restored by the runtime."""
+    directory = tmp_path / "m1"
+    for name in ("app", "side"):
+        (directory / "payload" / name / "images").mkdir(parents=True)
+        (directory / "payload" / name / "images" / "pages-1.img").write_bytes(b"memory")
+        if name in restored:
+            (directory / "payload" / name / "restored").write_text(f"id-{name}")
+    (directory / "pages").mkdir()
+    return directory
+
+
+def test_the_verdict_is_restored_only_when_every_container_is_and_then_never_changes(tmp_path, node_helper):
+    directory = staged(tmp_path, ("app", "side"))
+    # the engine's rollback may not abandon what was settled forward
+    first = helper_run(node_helper, tmp_path, "verdict", "m1")
+    assert json.loads(first.stdout)["verdict"] == "restored", first.stderr
+    refused = helper_run(node_helper, tmp_path, "end-restored", "m1")
+    assert refused.returncode != 0 and "settled forward" in refused.stderr
+    assert json.loads(helper_run(node_helper, tmp_path, "verdict", "m1").stdout)["verdict"] == "restored"
+    assert not (directory / "abort").exists()
+    # the memory is gone, the runtime's marks stay (a restart is an ordinary create)
+    assert not list(directory.rglob("*.img")) and not (directory / "pages").exists()
+    assert (directory / "payload" / "app" / "restored").read_text() == "id-app"
+
+
+def test_a_partly_restored_pod_is_abandoned_and_cannot_be_committed_after(tmp_path, node_helper):
+    directory = staged(tmp_path, ("app",))
+    answer = json.loads(helper_run(node_helper, tmp_path, "verdict", "m1").stdout)
+    assert answer["verdict"] == "abandoned"
+    assert (directory / "abort").exists() and not list(directory.rglob("*.img"))
+    # the engine's verify, come too late, cannot claim it
+    (directory / "payload" / "side" / "restored").write_text("id-side")
+    with pytest.raises(SystemExit):
+        from podmigrate_node import verdict
+        verdict.claim("m1", str(directory))
+    assert (directory / "verdict-abandoned").exists() and not (directory / "verdict-restored").exists()
+
+
+def test_the_engines_rollback_abandons_it_first(tmp_path, node_helper):
+    directory = staged(tmp_path, ("app", "side"))
+    res = helper_run(node_helper, tmp_path, "end-restored", "m1")
+    assert res.returncode == 0, res.stderr
+    assert (directory / "abort").exists() and (directory / "verdict-abandoned").exists()
+    assert json.loads(helper_run(node_helper, tmp_path, "verdict", "m1").stdout)["verdict"] == "abandoned"
+    # a second rollback (podmigrate recover after a controller's) finds it done
+    again = helper_run(node_helper, tmp_path, "end-restored", "m1")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"ended": []}, again.stderr
+
+
+def test_the_source_nodes_deadline_is_pushed_on_until_it_passes_and_then_no_more(tmp_path, node_helper):
+    from podmigrate_node import watch
+
+    directory = tmp_path / "m1"
+    directory.mkdir()
+    res = helper_run(node_helper, tmp_path, "extend", "m1", "--seconds", "60")
+    assert res.returncode == 0, res.stderr
+    assert abs(json.loads(res.stdout)["until"] - (time.time() + 60)) < 5
+    assert not watch.due(str(directory))
+    helper_run(node_helper, tmp_path, "extend", "m1", "--seconds", "0")
+    assert watch.due(str(directory)) and (directory / "expired").exists()
+    # the watcher took over: a controller that comes back cannot push it on
+    late = helper_run(node_helper, tmp_path, "extend", "m1", "--seconds", "60")
+    assert late.returncode != 0 and "its watcher settles the migration" in late.stderr
+    assert watch.due(str(directory))

@@ -27,6 +27,8 @@ writable-layer changes it packs on the source node.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -109,10 +111,11 @@ def restore_source(spec, poll=0.005):
     directory = os.path.join(MIGRATIONS, mid)
     payload = os.path.join(directory, "payload")
     images = os.path.join(payload, name, "images")
+    if os.path.exists(os.path.join(directory, "abort")):
+        # rolled back: not even a restart of a container restored before (it would start afresh)
+        raise Aborted(f"migration {mid} was abandoned")
     if os.path.exists(os.path.join(payload, name, "restored")):
         return None  # restarted after its restore: from its image, as any container
-    if os.path.exists(os.path.join(directory, "abort")):
-        raise Aborted(f"migration {mid} was abandoned")
     expect = os.path.join(directory, "expect")
     if not os.path.isdir(images):
         if not os.path.exists(expect):
@@ -233,6 +236,30 @@ def restore(global_opts, args):
     if found is None or not cid:
         return None
     payload, name = found
+    with gate(os.path.dirname(payload)):
+        if os.path.exists(os.path.join(os.path.dirname(payload), "abort")):
+            print(f"podmigrate-runtime: migration {os.path.basename(os.path.dirname(payload))} was abandoned",
+                  file=sys.stderr)
+            return 1
+        return restore_into(global_opts, opts, cid, bundle, spec, payload, name)
+
+
+@contextlib.contextmanager
+def gate(directory, name="gate"):
+    """A migration's restores and its abandonment, one at a time on a node (``gate`` beside its
+    payload, flock): a restore begins only if the migration is not abandoned (its ``abort``
+    file), and the helper's ``end-restored`` writes ``abort`` then takes the gate, so once
+    it holds it no restore of the migration runs or will begin. (The helper holds other
+    locks of a migration's directory the same way, under other names.)"""
+    fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
     here = os.path.join(payload, name)
     volumes = os.path.join(payload, VOLUMES)
     uid = (spec.get("annotations") or {}).get("io.kubernetes.cri.sandbox-uid", "")

@@ -39,6 +39,18 @@ RuntimeClass that restores a pod's containers on the target node.
                                   under way (runc checkpoint), waited for up to S seconds;
                                   the end of every migration and a recovery's first step
   restored ID POD-UID             which of the pod's containers the runtime restored
+  restored ID POD-UID --claim     the same, and when all are, the verdict "restored" written
+  end-restored ID [--wait S]      a rollback on the target: the migration abandoned (its
+                                  runtime restores nothing more), then every container it
+                                  restored killed, waited for until stopped (runc alone);
+                                  refused when the verdict is "restored"
+  verdict ID                      (target; also the key's forced command) which copy lives,
+                                  decided once: "restored" when every container runs
+                                  restored, else "abandoned" (as end-restored) (verdict.py)
+  extend ID [--seconds S]         (source) the controller lives: the watcher's deadline S on
+  watch ID POD-UID NS NAME        (source, a transient service) past its deadline with no
+                                  controller, settle the pod as the target's verdict says:
+                                  thaw it, or delete it as this node and kill it (watch.py)
   receive ID NAME                 (the forced command of a migration's one-time SSH key)
                                   unpack stdin into the migration's directory NAME
   fence IP ID / unfence ID        refuse new connections forwarded to a pod IP

@@ -18,6 +18,8 @@ from podmigrate_node.preflight import cmd_preflight
 from podmigrate_node.settle import cmd_settle
 from podmigrate_node.smb import cmd_smb_check, cmd_smb_get, cmd_smb_put, cmd_smb_rm
 from podmigrate_node.stream import cmd_forced, cmd_pack, cmd_page_server, cmd_receive, cmd_unpack
+from podmigrate_node.verdict import cmd_end_restored, cmd_verdict
+from podmigrate_node.watch import cmd_extend, cmd_watch
 
 
 def self_digest():
@@ -53,7 +55,11 @@ COMMANDS = {
     "pack": (cmd_pack, "migration"),
     "unpack": (cmd_unpack, "migration tar --sha256!"),
     "kill": (cmd_kill, "uid migration --wait:float=10"),
-    "restored": (cmd_restored, "migration uid"),
+    "restored": (cmd_restored, "migration uid --claim?"),
+    "end-restored": (cmd_end_restored, "migration --wait:float=30"),
+    "verdict": (cmd_verdict, "migration --wait:float=30"),
+    "extend": (cmd_extend, "migration --seconds:float=120"),
+    "watch": (cmd_watch, "migration uid namespace name --poll:float=2"),
     "settle": (cmd_settle, "migration --wait:float=600 --grace:float=5"),
     "fence": (cmd_fence, "ip migration"),
     "unfence": (cmd_unfence, "migration"),

@@ -135,7 +135,9 @@ def dump(args, live, payload, directory, tunnels):
         res = subprocess.run([*command, c["id"]], capture_output=True, text=True, check=False)
         streamed = tunnel.finish() if tunnel and res.returncode == 0 else None
         if res.returncode != 0:
-            fail(f"checkpoint of {name} failed: {res.stderr.strip()[-300:]}" + criu_errors(f"{work}/dump.log"))
+            said = tunnel.failure() if tunnel else ""
+            fail(f"checkpoint of {name} failed: {res.stderr.strip()[-300:]}" + criu_errors(f"{work}/dump.log")
+                 + (f"\nthe target's page server: {said}" if said else ""))
         if name in drop:
             os.remove(os.path.join(here, "images", "fifo-data.img"))
         dumped = time.monotonic()

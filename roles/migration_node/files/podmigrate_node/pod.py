@@ -170,11 +170,15 @@ def cmd_kill(args):
     again), then SIGKILL every process of each and thaw them. A frozen process dies on
     SIGKILL without running another instruction. If the kubelet's signal never comes the
     processes are killed and left frozen: the kubelet's own SIGKILL thaws them (runc)."""
-    directory = migration_dir(args.migration)
+    print(json.dumps(end_frozen(args.uid, migration_dir(args.migration), args.wait)))
+
+
+def end_frozen(uid, directory, wait):
+    """cmd_kill's work: {killed, kubelet_signalled, thawed}."""
     with open(os.path.join(directory, "pending.json")) as f:
         before = json.load(f)
-    live = running(args.uid)
-    deadline = time.monotonic() + args.wait
+    live = running(uid)
+    deadline = time.monotonic() + wait
     signalled = False
     while live and time.monotonic() < deadline:
         try:
@@ -194,13 +198,16 @@ def cmd_kill(args):
                     killed += 1
     if signalled:
         thaw(live)
-    print(json.dumps({"killed": killed, "kubelet_signalled": signalled, "thawed": signalled}))
+    return {"killed": killed, "kubelet_signalled": signalled, "thawed": signalled}
 
 
 def cmd_restored(args):
     """{container name: restored?} of a pod: the runtime records the id of each container it
-    restored in the migration's payload."""
-    payload = os.path.join(migration_dir(args.migration), "payload")
+    restored in the migration's payload. With --claim (the engine's verify, before its
+    commit point), when every one is, the verdict ``restored`` is written (verdict.py), and
+    the command fails if the migration was abandoned here meanwhile."""
+    directory = migration_dir(args.migration)
+    payload = os.path.join(directory, "payload")
     found = {}
     for c in pod_containers(args.uid):
         if (c["state"] or {}).get("status") != "running":
@@ -210,6 +217,10 @@ def cmd_restored(args):
                 found[c["name"]] = f.read().strip() == c["id"]
         except (OSError, TypeError):
             found[c["name"]] = False
+    if args.claim and found and all(found.values()):
+        from podmigrate_node import verdict
+
+        verdict.claim(args.migration, directory)
     print(json.dumps(found))
 
 

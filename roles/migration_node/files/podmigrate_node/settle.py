@@ -58,14 +58,15 @@ def descendants(roots, parent_of):
 
 def processes_of(migration, proc="/proc", me=None):
     """The pids of migration ``migration``'s helper processes (the helper run with its id, or
-    as the forced command of its key) and of everything they started."""
+    as the forced command of its key) and of everything they started; not its node's
+    watcher (watch.py), which ends by itself when the migration's files go."""
     mine = ancestors(me or os.getpid(), proc)
     mark = migration.encode()
     parent_of = {pid: parent for pid, parent in parents(proc).items() if pid not in mine}
     roots = set()
     for pid in parent_of:
         argv = _read(f"{proc}/{pid}/cmdline").split(b"\0")
-        helper = any(a.endswith(HELPER_NAME) for a in argv[:2])
+        helper = any(a.endswith(HELPER_NAME) for a in argv[:2]) and b"watch" not in argv[1:3]
         forced = any(v.startswith(b"SSH_ORIGINAL_COMMAND=") and mark in v
                      for v in _read(f"{proc}/{pid}/environ").split(b"\0"))
         if helper and (mark in argv or forced):

@@ -142,13 +142,17 @@ def send(args, directory, name, retries=3, level=1, opened=None):
 
 
 def cmd_forced(_args):
-    """The forced command of a migration key: only `receive ID NAME` and `page-server ID
-    NAME PORT` are allowed."""
+    """The forced command of a migration key: only `receive ID NAME`, `page-server ID NAME
+    PORT` and `verdict ID` (the source's watcher, its controller gone) are allowed."""
     words = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
     if len(words) == 3 and words[0] == "receive":
         cmd_receive(argparse.Namespace(migration=words[1], name=words[2]))
     elif len(words) == 4 and words[0] == "page-server" and words[3].isdigit():
         cmd_page_server(argparse.Namespace(migration=words[1], name=words[2], port=int(words[3])))
+    elif len(words) == 2 and words[0] == "verdict":
+        from podmigrate_node.verdict import cmd_verdict
+
+        cmd_verdict(argparse.Namespace(migration=words[1], wait=30.0))
     else:
         fail("this key may only receive a checkpoint")
 
@@ -225,6 +229,17 @@ class PageTunnel:
         if self.proc.returncode != 0 or not line.strip():
             fail(f"the target's page server failed: {err.strip()[-600:]}")
         return json.loads(line)
+
+    def failure(self, wait=10):
+        """What the target's page server said as it ended (a dump that failed may have failed
+        because of it: its disk full, its CRIU failing)."""
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            return ""
+        return self.proc.stderr.read().strip()[-1500:]
 
     def close(self):
         if self.proc.poll() is None:

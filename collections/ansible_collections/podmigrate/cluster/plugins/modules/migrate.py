@@ -91,6 +91,13 @@ options:
     description: Seconds allowed to each of checkpoint, transfer and restore.
     type: int
     default: 600
+  node_deadline:
+    description:
+      - Seconds after the controller's last word (its lock's heartbeat, every few seconds)
+        when the source node settles the migration by itself, should no controller ever come
+        back (C(podmigrate-node watch); C(docs/migration.md)).
+    type: int
+    default: 120
   profile:
     description:
       - The cluster's runtime profile (C(podmigrate_profile)). C(upstream) freezes the pod,
@@ -155,6 +162,7 @@ def main():
             "report_dir": {"type": "path"},
             "progress_file": {"type": "path"},
             "timeout": {"type": "int", "default": 600},
+            "node_deadline": {"type": "int", "default": engine.NODE_DEADLINE},
             "profile": {"type": "str", "choices": list(plan.PROFILES), "default": plan.UPSTREAM},
         },
         required_if=[("recover", False, ["pod"])],
@@ -191,7 +199,8 @@ def main():
         engine_class = seedfork.migration_class(p["profile"])
         job = engine_class(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
                            share_dir=p["share_dir"], share=p["share"], report_dir=p["report_dir"],
-                           progress=progress, helper_digest=helper_digest, timeout=p["timeout"])
+                           progress=progress, helper_digest=helper_digest, timeout=p["timeout"],
+                           node_deadline=p["node_deadline"])
         report = job.run()
     except plan.MigrationError as exc:
         module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,

@@ -43,19 +43,40 @@ MigrationError = plan.MigrationError
 
 
 API_SECONDS = 30  # the longest one call to the API server may take
+# the source node settles a migration by itself this long after its controller last said it
+# lives (podmigrate-node watch), should no controller ever come back: longer than a Lease's
+# lapse and a recovery, which normally come first
+NODE_DEADLINE = 120
+
+
+class ApiUnreachable(Exception):
+    """The API server did not answer a call within its bound."""
 
 
 def bounded(api_client, seconds=API_SECONDS):
     """``api_client`` with every call given up after ``seconds`` (the client's default is to
-    wait forever), unless the call asks for a bound of its own."""
-    rest = api_client.rest_client
-    if getattr(rest, "podmigrate_bounded", False):
+    wait forever, and to retry three times), unless the call asks for a bound of its own: one
+    retry only (a kept-alive connection the API server closed meanwhile), each try half the
+    bound. A call given up, or whose connection failed, raises ApiUnreachable naming it."""
+    import urllib3
+    from kubernetes.client import rest as kube_rest
+
+    if getattr(api_client.rest_client, "podmigrate_bounded", False):
         return api_client
+    api_client.configuration.retries = urllib3.Retry(total=1, redirect=False, raise_on_status=False)
+    api_client.rest_client = kube_rest.RESTClientObject(api_client.configuration)
+    rest = api_client.rest_client
     request = rest.request
 
-    def with_timeout(*args, **kw):
-        kw["_request_timeout"] = kw.get("_request_timeout") or seconds
-        return request(*args, **kw)
+    def with_timeout(method, url, *args, **kw):
+        bound = kw.get("_request_timeout") or seconds
+        kw["_request_timeout"] = bound / 2
+        try:
+            return request(method, url, *args, **kw)
+        except urllib3.exceptions.HTTPError as exc:
+            path = url.split("://", 1)[-1].partition("/")[2].partition("?")[0]
+            raise ApiUnreachable(f"the API server did not answer {method} /{path} within {bound} s "
+                                 f"({type(exc).__name__})") from None
 
     rest.request, rest.podmigrate_bounded = with_timeout, True
     return api_client
@@ -68,7 +89,7 @@ class AlreadyThere(Exception):
 class Migration(Runner):
     def __init__(self, api_client, nodes, namespace, name, target=None, transfer="direct",
                  share_dir="/var/lib/podmigrate/share", share="dir", report_dir=None, progress=None,
-                 helper_digest=None, timeout=600, migration_id=None):
+                 helper_digest=None, timeout=600, migration_id=None, node_deadline=NODE_DEADLINE):
         from kubernetes import client  # imported here: the pure parts need no client
 
         self.client = client
@@ -80,6 +101,8 @@ class Migration(Runner):
         self.share_dir = share_dir
         self.helper_digest = helper_digest
         self.timeout = timeout
+        self.node_deadline = node_deadline
+        self.watching, self.extended = False, 0.0  # the source's watcher, and when it was last told
         migration_id = migration_id or time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
         report = {"id": migration_id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
                   **({"share": share} if transfer == "share" else {}), "containers": {}, "result": "running"}
@@ -116,7 +139,7 @@ class Migration(Runner):
 
     def undo_step(self, record):
         """A journaled step's ``undo_KIND``: the transfer's, else the engine's."""
-        args = {k: v for k, v in record.items() if k not in ("do", "what", "rollback_only")}
+        args = {k: v for k, v in record.items() if k not in ("do", "what", "rollback_only", "after_rollback")}
         kind = f"undo_{record['do']}"
         return (getattr(self.carrier, kind, None) or getattr(self, kind))(**args)
 
@@ -136,9 +159,12 @@ class Migration(Runner):
         self.nodes[node].helper("unfence", self.id)
 
     def undo_restored(self, node, name):
-        """The staged or restored pod deleted: its runtime first told to give up waiting (a
-        container of it must never start afresh)."""
-        self.nodes[node].run(f"test ! -d {self.directory} || touch {self.directory}/abort")
+        """The staged or restored pod ended on its node first (``end-restored``: its runtime
+        restores nothing more, nor starts a container of it afresh, and every process it
+        restored is killed, with or without containerd and the kubelet), then deleted. Only
+        then may the source be thawed: never two live copies, even for a moment."""
+        self.report.setdefault("ended_on_target", []).extend(
+            json.loads(self.nodes[node].helper("end-restored", self.id))["ended"])
         self.delete_pod(name)
 
     def phase_done(self, name, seconds):
@@ -233,6 +259,7 @@ class Migration(Runner):
 
         original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
         self.lock = lock.PodLock(self.api_client, self.namespace, original, self.id, log=self.log)
+        self.lock.beats.append(self.extend_node_deadline)
         try:
             self.lock.acquire(source, target)
         except MigrationError as exc:
@@ -326,7 +353,7 @@ class Migration(Runner):
                                   "2>/dev/null | cut -f1", check=False).strip()
         free = {}
         for role, node in (("source", self.source), ("target", self.target)):
-            out = node.run(f"df -B1 --output=avail {shlex.quote(os.path.dirname(MIGRATIONS))} | tail -n 1").strip()
+            out = node.run(f"df -B1 --output=avail {MIGRATIONS} | tail -n 1").strip()
             free[role] = (node.name, int(out))
         meminfo = self.target.run("grep '^MemAvailable:' /proc/meminfo").split()
         return plan.room_problems(self.memory_bytes, int(volumes) if volumes.isdigit() else 0, self.transfer, free,
@@ -334,7 +361,8 @@ class Migration(Runner):
 
     def prepare(self):
         for node in (self.source, self.target):
-            self.always_do(f"remove files on {node.name}", "files", node=node.name)
+            # the source's, which its watcher needs, stay while its thaw is left undone
+            self.always_do(f"remove files on {node.name}", "files", node=node.name, after_rollback=node is self.source)
             node.run(f"install -d -m 0700 {MIGRATIONS} {self.directory}")
         for node in (self.source, self.target):
             # undone before the files: a helper process a failure left (a page server whose
@@ -343,6 +371,24 @@ class Migration(Runner):
         self.carrier.prepare()
         # undone after the restored pod is deleted (the newest first): never two live copies
         self.rollback_do("thaw the source", "thaw", node=self.source.name, uid=self.uid)
+        self.watch()
+
+    def watch(self):
+        """The source's own deadline (podmigrate-node watch, a transient service that ends when
+        the migration's files go): should no controller ever come back, it settles the pod
+        ``node_deadline`` seconds after the last word from this one (its lock's heartbeat)."""
+        self.extend_node_deadline(force=True)
+        watch = self.source.helper_command(["watch", self.id, self.uid, self.namespace, self.name])
+        self.source.run(f"systemd-run --quiet --collect --unit podmigrate-watch-{self.id} {watch}")
+        self.watching = True
+
+    def extend_node_deadline(self, force=False):
+        """The source's watcher told this controller lives (at most every 10 s, from the
+        lock's heartbeat; at once when ``force``)."""
+        if not (self.watching or force) or (not force and time.monotonic() - self.extended < 10):
+            return
+        self.source.helper("extend", self.id, "--seconds", self.node_deadline, timeout=30)
+        self.extended = time.monotonic()
 
     def bring_images(self):
         """The pod's images the target lacks, from the source's containerd to the target's
@@ -444,6 +490,9 @@ class Migration(Runner):
                                 f"{problem.removeprefix('failed: ') or 'its runtime did not start waiting'}")
             time.sleep(0.05)
         self.capture.answer(self.timeout)  # the source's dump session is ready
+        # the source's watcher told this controller lives right before the freeze (it cannot
+        # have settled the pod meanwhile: it never settles one while it is being dumped)
+        self.extend_node_deadline(force=True)
 
     def delete_restored(self):
         self.delete_pod(self.restored_name)
@@ -497,7 +546,9 @@ class Migration(Runner):
         self.restored_uid = self.wait_running()["metadata"]["uid"]
 
     def verify(self):
-        restored = json.loads(self.target.helper("restored", self.id, self.restored_uid))
+        # --claim: once every container runs restored, the target's verdict says so (no
+        # watcher or recovery can abandon it after; verdict.py), unless it was abandoned
+        restored = json.loads(self.target.helper("restored", self.id, self.restored_uid, "--claim"))
         fresh = [c for c in self.containers if not restored.get(c)]
         if fresh:
             raise NodeError(f"restored pod {self.restored_name}: container(s) {', '.join(fresh)} "
@@ -701,35 +752,19 @@ class Recovery(Migration):
         super().unlock()
 
     def decide(self):
-        """forward or back, and why. Settled, nothing of the migration runs on the nodes: its
-        payload on the target is whole or never will be. A whole one may be being restored
-        this moment: that restore is waited for, as the migration would have (a restored
-        pod deleted once it may have answered a client would lose what it answered)."""
-        from kubernetes.client.rest import ApiException
-
+        """forward or back, and why: as the target's verdict says (verdict.py: decided once, there,
+        when every container runs restored or not, by whichever asks first; the source's
+        watcher follows it too). Settled, nothing of the migration runs on the nodes."""
         if self.committed:
             return "forward", "it had passed its commit point"
-        if not self.restored_name or self.target is None:
-            return "back", "it had not created its restored pod"
-        try:
-            staged = self.core.read_namespaced_pod(self.restored_name, self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            return "back", "its restored pod is gone"
-        if staged.metadata.deletion_timestamp:
-            return "back", "its restored pod is being deleted"
-        whole = " && ".join(f"test -d {self.directory}/payload/{shlex.quote(c)}/images" for c in self.containers)
-        if self.target.run(f"{whole} && echo whole", check=False).strip() != "whole":
-            return "back", "its payload had not all arrived on the target"
-        try:
-            pod = self.wait_running()
-        except NodeError as exc:
-            return "back", f"its restored pod did not run ({exc})"
-        restored = json.loads(self.target.helper("restored", self.id, pod["metadata"]["uid"]))
-        if not all(restored.get(c) for c in self.containers):
-            return "back", "its restored pod did not start from the checkpoint"
-        return "forward", "its restored pod runs from the checkpoint (it may have answered clients)"
+        if self.target is None:
+            return "back", "it had not chosen its target"
+        verdict = json.loads(self.target.helper("verdict", self.id))["verdict"]
+        if verdict == "restored":
+            return "forward", "its restored pod runs from the checkpoint (it may have answered clients)"
+        if verdict == "abandoned":
+            return "back", "its restored pod had not wholly started from the checkpoint"
+        return "back", "nothing of it had reached the target"
 
 
 def recover(api_client, nodes, namespace=None, name=None, wait=lock.LEASE_SECONDS + lock.RENEW_SECONDS,

@@ -95,6 +95,7 @@ class PodLock:
         self.lost = None  # why this migration no longer holds it
         self.stopped = threading.Event()
         self.heartbeat = None
+        self.beats = []  # called at each renewal too, in the heartbeat's thread (the engine's node deadline)
 
     def _body(self, acquired, resource_version=None):
         now = datetime.datetime.now(datetime.UTC)
@@ -159,6 +160,11 @@ class PodLock:
                 return
             except Exception as exc:  # the API server away: the next beat tries again
                 self.log(f"could not renew the lock: {exc}")
+            for beat in self.beats:
+                try:
+                    beat()
+                except Exception as exc:  # a node away: the next beat tries again
+                    self.log(f"heartbeat: {exc}")
 
     def write(self, phase=None, journal=None):
         """Renew the Lease, with the phase and the journal when given; raises LostLock when

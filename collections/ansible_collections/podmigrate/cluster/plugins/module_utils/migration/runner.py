@@ -72,9 +72,12 @@ class Runner:
         self.changed = True
         self.undo.append((*step, True, None))
 
-    def always_do(self, what, kind, **args):
-        """A journaled step undone when the migration ends, whichever way: ``undo_KIND(**args)``."""
-        self.record(what, {"do": kind, **args}, rollback_only=False)
+    def always_do(self, what, kind, after_rollback=False, **args):
+        """A journaled step undone when the migration ends, whichever way: ``undo_KIND(**args)``;
+        with ``after_rollback``, not while a rollback step is left undone (the source's files,
+        which its node's watcher needs while the source stays frozen)."""
+        self.record(what, {"do": kind, **args, **({"after_rollback": True} if after_rollback else {})},
+                    rollback_only=False)
 
     def rollback_do(self, what, kind, **args):
         """A journaled step undone only if the migration fails before its commit point."""
@@ -119,7 +122,7 @@ class Runner:
         blocked = None
         for step in reversed(self.undo):
             what, undo, rollback_only = step[0], step[1], step[2]
-            if rollback_only and blocked:
+            if blocked and (rollback_only or (step[3] or {}).get("after_rollback")):
                 errors.append(f"{what}: not done, as {blocked} failed")
                 left.insert(0, step)
                 continue

@@ -71,9 +71,10 @@ class Direct(Transfer):
         # the ports the key may forward to: where the target's page servers listen, one per
         # container (their tunnels open before the freeze, all at once); and when the key
         # expires, in the target's own time (as sshd reads expiry-time): when the migration's
-        # staged pod gives up too, should nobody remove the key
+        # staged pod gives up too and the source's watcher (which asks the verdict with it)
+        # has had its turn, should nobody remove the key
         names = job.containers
-        lifetime = 3 * job.timeout + 60
+        lifetime = 3 * job.timeout + job.node_deadline + 60
         ports, expiry = json.loads(job.target.run(
             f"python3 -c 'import json, socket, time; s = [socket.socket() for _ in range({len(names)})]; "
             "[x.bind((\"127.0.0.1\", 0)) for x in s]; print(json.dumps([[x.getsockname()[1] for x in s], "
