@@ -500,3 +500,16 @@ def test_the_source_nodes_deadline_is_pushed_on_until_it_passes_and_then_no_more
     late = helper_run(node_helper, tmp_path, "extend", "m1", "--seconds", "60")
     assert late.returncode != 0 and "its watcher settles the migration" in late.stderr
     assert watch.due(str(directory))
+
+
+def test_a_restored_container_deleted_before_its_start_leaves_no_mark(tmp_path):
+    """The runtime marks a restored container for its `start` (which then does nothing); one
+    deleted without that start (its containerd stopped meanwhile, then a rollback) must not
+    leave the mark behind."""
+    marks = tmp_path / "restored"
+    marks.mkdir()
+    (marks / "c1").write_text("app")
+    env = dict(os.environ, PODMIGRATE_RESTORED_DIR=str(marks), PODMIGRATE_RUNC="/bin/true")
+    subprocess.run([sys.executable, runtime.__file__, "--root", "/run/x", "delete", "--force", "c1"], env=env,
+                   check=True)
+    assert not (marks / "c1").exists()

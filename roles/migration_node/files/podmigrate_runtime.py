@@ -288,6 +288,12 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
     return code
 
 
+def forget_start(cid):
+    """The mark ``start`` would have consumed, removed (the container ends without it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(STARTED, cid))
+
+
 def unpack_volumes(tar_path, target):
     """The pod's emptyDir contents into its new volumes, once (the first restored
     container of the pod does it, before any is restored)."""
@@ -310,6 +316,8 @@ def main(argv):
         if os.path.exists(marker):
             os.unlink(marker)
             sys.exit(0)
+    elif command == "delete" and args and SAFE.match(args[-1]):
+        forget_start(args[-1])  # a restored container deleted before its start (containerd gone meanwhile)
     binary = runc()
     os.execv(binary, [binary, *argv[1:]])  # noqa: S606 (runc itself, as the shim asked)
 

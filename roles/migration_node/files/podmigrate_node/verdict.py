@@ -90,6 +90,8 @@ def abandon(migration, directory, wait):
         if time.monotonic() > deadline:
             fail(f"restored container(s) {', '.join(live)} still run after {wait} s")
         time.sleep(0.05)
+    for cid in restored_by(migration):
+        runtime().forget_start(cid)  # their start, which did nothing, never comes now
     if read(directory) is None:
         write(directory, ABANDONED)
     return ended
