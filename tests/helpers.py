@@ -50,9 +50,10 @@ current-context: none
 
 
 def run_playbook(playbook: str, inventory: Path | str | None = None, extra_vars: dict | None = None,
-                 user: int | None = None, timeout: int = 1200) -> PlaybookRun:
-    """Run a real ansible-playbook from the project root; never raises on failure."""
-    cmd = [str(VENV_BIN / "ansible-playbook"), str(ROOT / playbook)]
+                 user: int | None = None, timeout: int = 1200, options: tuple[str, ...] = ()) -> PlaybookRun:
+    """Run a real ansible-playbook from the project root (with ``options``, --check say);
+    never raises on failure."""
+    cmd = [str(VENV_BIN / "ansible-playbook"), str(ROOT / playbook), *options]
     if inventory is not None:
         cmd += ["-i", str(inventory)]
     for key, value in (extra_vars or {}).items():

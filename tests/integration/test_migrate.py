@@ -279,6 +279,32 @@ def test_a_client_holding_one_connection_never_gets_an_answer_the_moved_pod_lack
     assert leftovers(cluster) == {w: [] for w in WORKERS}
 
 
+def test_check_mode_says_what_would_happen_and_changes_nothing(api, cluster, counter):
+    """migrate.yml --check validates and tells the plan; no lock is taken, nothing is written
+    on a node or in the cluster; a pod that cannot move is refused as without --check."""
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    reports = set((cluster["state"] / "reports").glob("*.json"))
+    run = run_playbook("migrate.yml", cluster["inventory"], {"pod": "default/counter", "target": target},
+                       options=("--check",))
+    assert run.rc == 0, run.output[-3000:]
+    assert f"default/counter would move {source.spec.node_name} -> {target} (direct transfer, " in run.output, \
+        run.output[-3000:]
+    assert "nothing changed (check mode)" in run.output
+    still = current(api, "counter")
+    assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
+    with pytest.raises(client.ApiException) as no_lock:
+        client.CoordinationV1Api(api.api_client).read_namespaced_lease("podmigrate-counter", "default")
+    assert no_lock.value.status == 404
+    assert set((cluster["state"] / "reports").glob("*.json")) == reports
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+    refused = run_playbook("migrate.yml", cluster["inventory"], {"pod": "default/nosuchpod", "target": target},
+                           options=("--check",))
+    assert refused.rc != 0 and "refused, nothing changed: pod default/nosuchpod not found" in refused.output
+    nothing = run_playbook("migrate.yml", cluster["inventory"], {"recover": "true"}, options=("--check",))
+    assert nothing.rc == 0 and "nothing to recover" in nothing.output, nothing.output[-3000:]
+
+
 def test_a_second_run_changes_nothing(cluster, counter):
     run = migrate(cluster, "default/counter", target=WORKERS[1])
     assert run.rc == 0, run.output[-3000:]

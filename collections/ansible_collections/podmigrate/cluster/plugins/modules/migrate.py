@@ -19,6 +19,9 @@ description:
     is written into the Lease's journal before it is made; a migration whose controller
     went away is finished or rolled back from it by I(recover), or by the next migration
     of the pod.
+  - In check mode it only validates, changing nothing (no lock taken, nothing written on a
+    node or in the cluster), and returns the plan in I(report) (C(result) C(would migrate),
+    or the refusal); with I(recover), the migrations it would recover.
 version_added: "0.1.0"
 author: podmigrate contributors (!UNKNOWN)
 options:
@@ -166,6 +169,7 @@ def main():
             "profile": {"type": "str", "choices": list(plan.PROFILES), "default": plan.UPSTREAM},
         },
         required_if=[("recover", False, ["pod"])],
+        supports_check_mode=True,
     )
     p = module.params
     try:
@@ -201,6 +205,9 @@ def main():
                            share_dir=p["share_dir"], share=p["share"], report_dir=p["report_dir"],
                            progress=progress, helper_digest=helper_digest, timeout=p["timeout"],
                            node_deadline=p["node_deadline"])
+        if module.check_mode:  # validate only, and say what would happen
+            report = job.plan_only()
+            module.exit_json(changed=report["result"] == "would migrate", report=report)
         report = job.run()
     except plan.MigrationError as exc:
         module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,
@@ -231,6 +238,12 @@ def recover(module, config, nodes, progress, helper_digest):
     namespace = name = None
     if p["pod"]:
         namespace, name = engine.parse_pod(p["pod"])
+    if module.check_mode:
+        api = config.new_client_from_config(config_file=p["kubeconfig"])
+        left = engine.unfinished(api, namespace, name)
+        module.exit_json(changed=bool(left), reports=[], report={
+            "result": "would recover" if left else "nothing to recover", "unfinished": left,
+            "summary": "would recover: " + "; ".join(left) if left else "nothing to recover"})
     try:
         api = config.new_client_from_config(config_file=p["kubeconfig"])
         reports = engine.recover(api, nodes, namespace, name, report_dir=p["report_dir"], progress=progress,

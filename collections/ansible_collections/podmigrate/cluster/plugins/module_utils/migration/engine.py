@@ -245,6 +245,49 @@ class Migration(Runner):
             self.core.list_namespaced_persistent_volume_claim(self.namespace).items)}
         return pod, nodes, pods_by_node, claims
 
+    def lock_problems(self, pod):
+        """(Check mode, no lock taken) why the pod's lock stops a migration now: another holds
+        it, or one whose controller went away left it unfinished (a migration recovers it)."""
+        from kubernetes.client.rest import ApiException
+
+        original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
+        try:
+            lease = self.as_dict(self.client.CoordinationV1Api(self.api_client).read_namespaced_lease(
+                lock.lease_name(original), self.namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        if not lock.expired(lease, _now()):
+            return [f"pod {self.namespace}/{self.name} is being migrated: {lock.held_by(lease)}"]
+        if (lock.journal_of(lease) or {}).get("steps"):
+            self.report["would_recover_first"] = lease["spec"].get("holderIdentity")
+        return []
+
+    def plan_checks(self):
+        self.check(take_lock=False)
+
+    def plan_only(self):
+        """Check mode: every reason the pod cannot move (MigrationError), else the plan; nothing
+        changed: no lock taken, nothing written on a node or in the cluster (what the nodes
+        are asked is read-only: the helper's version, its pre-flight, free disk and memory,
+        the images present)."""
+        try:
+            self.plan_checks()
+        except AlreadyThere as exc:
+            self.report.update(result="already there", summary=str(exc))
+            return self.report
+        bring = getattr(self, "bring", [])
+        self.report.update(result="would migrate", plan={
+            "source": self.report["source"], "target": self.report["target"], "transfer": self.transfer,
+            "memory_bytes": getattr(self, "memory_bytes", None), "images_to_bring": bring})
+        memory = f", {self.memory_bytes / 2**20:.0f} MiB of memory to move" if getattr(self, "memory_bytes", None) \
+            else ""
+        self.report["summary"] = (f"{self.report['pod']} would move {self.report['source']} -> {self.report['target']} "
+                                  f"({self.transfer} transfer{memory}"
+                                  f"{', bringing ' + ', '.join(bring) if bring else ''}); nothing changed (check mode)")
+        return self.report
+
     def api_user(self):
         """Who this engine is to the API server (migrate.yml: podmigrate-engine, role kubeadm)."""
         review = self.client.AuthenticationV1Api(self.api_client).create_self_subject_review(
@@ -297,7 +340,7 @@ class Migration(Runner):
                             helper_digest=self.helper_digest)
         self.report.setdefault("recovered", []).append(recovery.run()["summary"])
 
-    def check(self):
+    def check(self, take_lock=True):
         problems = []
         pod, nodes, pods_by_node, claims = self.observe()
         self.report["api_user"] = self.api_user()
@@ -306,7 +349,7 @@ class Migration(Runner):
         except MigrationError as exc:
             problems += exc.problems
             source, target = (pod.get("spec") or {}).get("nodeName"), None
-        problems += self.take_lock(pod, source, target)
+        problems += self.take_lock(pod, source, target) if take_lock else self.lock_problems(pod)
         if self.transfer not in transfers.TRANSFERS:
             problems.append(f"transfer {self.transfer!r} is not one of {', '.join(transfers.TRANSFERS)}")
         if self.transfer == "share" and self.report["share"] not in transfers.SHARES:
@@ -765,6 +808,22 @@ class Recovery(Migration):
         if verdict == "abandoned":
             return "back", "its restored pod had not wholly started from the checkpoint"
         return "back", "nothing of it had reached the target"
+
+
+def unfinished(api_client, namespace=None, name=None):
+    """(Read only) the migrations left unfinished, of pod NAMESPACE/NAME or of all pods: each
+    podmigrate Lease with a journal, said as "NAMESPACE/LEASE: its holder (lapsed or not)"."""
+    from kubernetes import client
+
+    leases = client.CoordinationV1Api(bounded(api_client))
+    selector = "app.kubernetes.io/managed-by=podmigrate"
+    found = leases.list_namespaced_lease(namespace, label_selector=selector) if namespace else \
+        leases.list_lease_for_all_namespaces(label_selector=selector)
+    now = _now()
+    return [f"{x['metadata']['namespace']}/{x['metadata']['name']}: {lock.held_by(x)}"
+            + ("" if lock.expired(x, now) else " (its controller still runs)")
+            for x in (api_client.sanitize_for_serialization(y) for y in found.items)
+            if (not name or x["metadata"]["name"] == lock.lease_name(name)) and (lock.journal_of(x) or {}).get("steps")]
 
 
 def recover(api_client, nodes, namespace=None, name=None, wait=lock.LEASE_SECONDS + lock.RENEW_SECONDS,

@@ -52,6 +52,9 @@ class CloneMigration(engine.Migration):
         if (stored.get("spec") or {}).get("clonePod") != self.name:
             raise plan.MigrationError([self.not_the_fork()])
 
+    def plan_checks(self):
+        self.validate()  # read-only: the clone pod is only a dry run
+
     def not_the_fork(self):
         return ("the API server drops spec.clonePod: this cluster does not run the tutorial's fork "
                 "(the seed-fork profile needs it; an upstream cluster migrates with podmigrate_profile=upstream)")
