@@ -740,17 +740,22 @@ def until_phase(cli, phase):
         told.append(line)
         if line.endswith(f"] {phase} ...\n"):
             return
-    raise AssertionError(f"the migration ended before {phase}: {''.join(told)[-3000:]}")
+    raise AssertionError(f"the migration ended before {phase}: {''.join(told)[-3000:]}\n{cli.stdout.read()[-3000:]}")
 
 
-def wait_node_ready(api, name, timeout=180):
-    deadline = time.monotonic() + timeout
+def wait_node_ready(api, name, steady=30, timeout=300):
+    """Node ``name`` Ready, and so for ``steady`` seconds on end: a service of it just started
+    again can turn it NotReady some seconds later (the kubelet's next status)."""
+    deadline, since = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         node = api.read_node(name)
-        if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []):
+        ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []) and \
+            not any(t.key == "node.kubernetes.io/not-ready" for t in node.spec.taints or [])
+        since = (since or time.monotonic()) if ready else None
+        if since and time.monotonic() - since >= steady:
             return
         time.sleep(1)
-    raise AssertionError(f"node {name} not Ready again within {timeout} s")
+    raise AssertionError(f"node {name} not Ready for {steady} s on end within {timeout} s")
 
 
 def assert_one_copy_on(api, cluster, counter, source, checksum, before):
