@@ -500,15 +500,19 @@ def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_co
 # the controller killed and nobody runs podmigrate recover: once the node deadline (here
 # 20 s) has passed, the source's watcher settles the pod by itself, as the target's verdict
 # says; a recovery afterwards follows the same verdict and removes what is left
-@pytest.mark.parametrize(("phase", "way"), [("stage", "back"), ("restore", "forward")])
+@pytest.mark.parametrize(("phase", "way", "transfer"), [
+    ("stage", "back", "direct"), ("restore", "forward", "direct"),
+    # the share transfer too: the source's watcher asks the verdict with a key of its own
+    ("restore", "forward", "share")])
 def test_a_migration_nobody_recovers_is_settled_by_the_source_node_itself_with_one_copy(
-        api, cluster, counter, phase, way):
+        api, cluster, counter, phase, way, transfer):
     source = current(api, "counter")
     target = next(w for w in WORKERS if w != source.spec.node_name)
     checksum = ask(cluster, counter["checksum"])
     probe = Probe(cluster, counter["url"], mode="keep")
     killed = time.monotonic()
-    mid = kill_mid_phase(cluster, target, phase, "--node-deadline", "20")
+    mid = kill_mid_phase(cluster, target, phase, "--node-deadline", "20", "--transfer", transfer,
+                         *(["--share", "dir"] if transfer == "share" else []))
     directory = f"/var/lib/podmigrate/migrations/{mid}"
     deadline = time.monotonic() + 120
     while node_run(cluster, source.spec.node_name, f"test -d {directory} && echo left || true").strip():

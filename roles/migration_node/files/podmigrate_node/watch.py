@@ -17,8 +17,8 @@ migration's one-time key:
 - frozen, verdict ``restored``: the restored pod is the live copy. The source pod is
   deleted with the node's own (the kubelet's) credentials, which may delete only pods
   bound to this node, and its frozen processes are killed without running again.
-- the target unreachable, or no key to ask it with (the share transfer): the pod stays
-  frozen, asked again every few seconds; it is never thawed on a guess.
+- the target unreachable: the pod stays frozen, asked again every few seconds; it is
+  never thawed on a guess.
 
 Then the source's files of the migration (its memory among them) are removed. What is left
 (the Lease's journal, the target's staged pod, the key) is ``podmigrate recover``'s, which
@@ -125,14 +125,14 @@ def delete_own_pod(namespace, name, uid):
 
 
 def ask_target(directory, migration):
-    """The target's verdict, through the migration's one-time key, or None (no key: the
-    share transfer; or the target unreachable)."""
+    """The target's verdict, through the migration's one-time key (every transfer has one),
+    or None (the target unreachable, or no key yet: the controller died before it made it)."""
     key, known_hosts = os.path.join(directory, "key"), os.path.join(directory, "known_hosts")
     try:
         with open(known_hosts) as f:
             target = f.read().split()[0]
     except (OSError, IndexError):
-        return None, "no one-time key to the target (the share transfer)"
+        return None, "no one-time key to the target (its controller died before it made one)"
     res = subprocess.run([*migration_ssh(key, known_hosts), f"root@{target}", f"verdict {migration}"],
                          capture_output=True, text=True, timeout=120, check=False)
     if res.returncode != 0:

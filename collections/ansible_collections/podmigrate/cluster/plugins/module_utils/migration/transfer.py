@@ -39,7 +39,8 @@ class Transfer:
         return []
 
     def prepare(self):
-        pass
+        # the source's watcher asks the target's verdict with the migration's key (watch.py)
+        self.authorize([])
 
     def dump_args(self):
         return []
@@ -47,14 +48,12 @@ class Transfer:
     def carry(self):
         raise NotImplementedError
 
-
-class Direct(Transfer):
-    """Source to target over SSH with a one-time key: the memory pages to the target's CRIU
-    page server as they are dumped (`dump --to`), the rest right after the dump as a tar +
-    zstd stream (`dump --send`, into the target's `receive`), sha256 checked, retried. The
-    SSH sessions of both open before the freeze."""
-
-    def prepare(self):
+    def authorize(self, names):
+        """The migration's one-time SSH key, made here and authorised on the target only from
+        the source's address, only for its forced command (``podmigrate-node forced``:
+        receive, a page server, the verdict) and to forward to one loopback port per name in
+        ``names`` (where the target's page servers will listen), until it expires; the
+        private half and the target's host key written to the source. {name: port}."""
         job = self.job
         work = tempfile.mkdtemp(prefix="podmigrate-key-")
         try:
@@ -73,23 +72,32 @@ class Direct(Transfer):
         # expires, in the target's own time (as sshd reads expiry-time): when the migration's
         # staged pod gives up too and the source's watcher (which asks the verdict with it)
         # has had its turn, should nobody remove the key
-        names = job.containers
         lifetime = 3 * job.timeout + job.node_deadline + 60
         ports, expiry = json.loads(job.target.run(
             f"python3 -c 'import json, socket, time; s = [socket.socket() for _ in range({len(names)})]; "
             "[x.bind((\"127.0.0.1\", 0)) for x in s]; print(json.dumps([[x.getsockname()[1] for x in s], "
             f"time.strftime(\"%Y%m%d%H%M\", time.localtime(time.time() + {lifetime}))]))'"))
-        self.ports = dict(zip(names, ports, strict=True))
-        permit = ",".join(f'permitopen="127.0.0.1:{port}"' for port in ports)
-        entry = (f'restrict,port-forwarding,{permit},from="{job.source_ip}",expiry-time="{expiry}",'
-                 f'command="{HELPER} forced" {public}')
+        forward = "".join(f',permitopen="127.0.0.1:{port}"' for port in ports)
+        entry = (f'restrict{",port-forwarding" + forward if ports else ""},from="{job.source_ip}",'
+                 f'expiry-time="{expiry}",command="{HELPER} forced" {public}')
         job.target.run(add_key_command(AUTHORIZED_KEYS), stdin=(entry + "\n").encode())
         job.source.run(f"umask 077; cat > {job.directory}/key", stdin=private.encode())
         job.source.run(f"umask 077; cat > {job.directory}/known_hosts",
                        stdin=f"{job.target_ip} {host_key[0]} {host_key[1]}\n".encode())
+        return dict(zip(names, ports, strict=True))
 
     def undo_key(self, node):
         self.job.nodes[node].run(remove_key_command(AUTHORIZED_KEYS, self.job.id))
+
+
+class Direct(Transfer):
+    """Source to target over SSH with a one-time key: the memory pages to the target's CRIU
+    page server as they are dumped (`dump --to`), the rest right after the dump as a tar +
+    zstd stream (`dump --send`, into the target's `receive`), sha256 checked, retried. The
+    SSH sessions of both open before the freeze."""
+
+    def prepare(self):
+        self.ports = self.authorize(self.job.containers)
 
     def ssh_args(self):
         return ["--to", self.job.target_ip, "--key", f"{self.job.directory}/key",
@@ -125,6 +133,7 @@ class DirShare(Transfer):
     """One tar file through a directory both nodes mount (`pack`, a copy, `unpack`)."""
 
     def prepare(self):
+        super().prepare()
         # the target must see what the source writes: a directory of the same name on
         # each node is not yet a share
         job = self.job
@@ -166,6 +175,7 @@ class SmbShare(Transfer):
         return found
 
     def prepare(self):
+        super().prepare()
         # the target must read what the source writes to the share, checked as a checkpoint is
         job = self.job
         job.always_do("remove the share's files", "smb_files", node=job.source.name)
