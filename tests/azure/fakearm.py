@@ -20,7 +20,9 @@ azure_rm inventory plugin make:
 - DELETE is 202 + polling (200/204 when already gone); deleting a resource group removes
   every resource in it.
 - Back-references ARM computes are computed here too: a load balancer's backend pool lists
-  the NIC IP configurations that joined it; a NIC names its VM.
+  the NIC IP configurations that joined it; a NIC names its VM; a route table lists the
+  subnets that use it (its ``subnets`` is read-only: a PUT's copy is ignored).
+- A route to a VirtualAppliance needs its next hop address (400 ``InvalidRoute``).
 - Every management request needs a bearer token issued by the fake token endpoint for the
   expected client id and secret.
 
@@ -57,6 +59,7 @@ CHILD_COLLECTIONS = {
     "microsoft.network/loadbalancers": ["frontendIPConfigurations", "backendAddressPools", "loadBalancingRules",
                                         "probes", "inboundNatRules", "outboundRules", "inboundNatPools"],
     "microsoft.network/networkinterfaces": ["ipConfigurations"],
+    "microsoft.network/routetables": ["routes"],
 }
 # Resource types whose writes are long-running operations with Azure-AsyncOperation.
 ASYNC_NAMESPACES = ("microsoft.network", "microsoft.compute")
@@ -291,6 +294,14 @@ class Arm:
             props.setdefault("enableIPForwarding", False)
             props.setdefault("dnsSettings", {"dnsServers": [], "appliedDnsServers": []})
             props.setdefault("primary", True)
+        if ltype == "microsoft.network/routetables":
+            props.pop("subnets", None)  # read-only: ARM computes it from the subnets that use the table
+            props.setdefault("disableBgpRoutePropagation", False)
+            for route in props.get("routes", []) or []:
+                p = route["properties"]
+                if p.get("nextHopType") == "VirtualAppliance" and not p.get("nextHopIpAddress"):
+                    raise ArmError(400, "InvalidRoute", f"Route {route['name']} of type VirtualAppliance "
+                                                        "needs a next hop IP address.")
         if ltype == "microsoft.compute/virtualmachines":
             props["vmId"] = (old or {}).get("properties", {}).get("vmId", str(uuid.uuid4()))
             os_profile = props.get("osProfile", {})
@@ -367,6 +378,14 @@ class Arm:
                     nics = vm["properties"].get("networkProfile", {}).get("networkInterfaces", [])
                     if any(_lower(n["id"]) == _lower(res["id"]) for n in nics):
                         out["properties"]["virtualMachine"] = {"id": vm["id"]}
+        if ltype == "microsoft.network/routetables":
+            users = [{"id": subnet["id"]} for vnet in self.resources.values()
+                     if vnet["type"].lower() == "microsoft.network/virtualnetworks"
+                     for subnet in vnet["properties"].get("subnets", [])
+                     if _lower(((subnet.get("properties") or {}).get("routeTable") or {}).get("id", ""))
+                     == _lower(res["id"])]
+            if users:
+                out["properties"]["subnets"] = users
         if ltype == "microsoft.network/publicipaddresses":
             for other in self.resources.values():
                 for coll in CHILD_COLLECTIONS.get(other["type"].lower(), []):

@@ -118,8 +118,9 @@ def test_provision_creates_everything_in_dependency_order(fake_arm, cluster_vars
         assert matches, f"no PUT of {suffix} in {puts}"
         return matches[0]
 
-    order = [first(RG_ID), first("/networkSecurityGroups/podmigrate-nsg"), first("/virtualNetworks/podmigrate-vnet"),
-             first("/subnets/podmigrate-subnet"), first("/publicIPAddresses/podmigrate-api-pip"),
+    order = [first(RG_ID), first("/networkSecurityGroups/podmigrate-nsg"), first("/routeTables/podmigrate-pod-routes"),
+             first("/virtualNetworks/podmigrate-vnet"), first("/subnets/podmigrate-subnet"),
+             first("/publicIPAddresses/podmigrate-api-pip"),
              first("/loadBalancers/podmigrate-api-lb"), first("/publicIPAddresses/podmigrate-cp1-pip"),
              first("/networkInterfaces/podmigrate-cp1-nic"), first("/virtualMachines/podmigrate-cp1"),
              first("/fileServices/default/shares/checkpoints")]
@@ -137,7 +138,7 @@ def test_provision_creates_everything_in_dependency_order(fake_arm, cluster_vars
     state = fake_arm.state()
     ours = [r for r in state["resources"].values() if r["type"] != "Microsoft.Compute/disks"
             and r["id"].count("/") == 8]
-    assert len(ours) == 11  # nsg, vnet, 3 public IPs, lb, 2 NICs, 2 VMs, storage account: nothing else
+    assert len(ours) == 12  # nsg, route table, vnet, 3 public IPs, lb, 2 NICs, 2 VMs, storage account: nothing else
     for res in ours:
         assert res["tags"]["podmigrate-cluster"] == "podmigrate", res["id"]
         assert res["tags"]["podmigrate-role"] in ("network", "api", "control_plane", "workers", "storage")
@@ -188,6 +189,14 @@ def test_network_and_load_balancer_wiring(fake_arm, state_dir):
     [subnet] = vnet["properties"]["subnets"]
     assert subnet["properties"]["addressPrefix"] == "192.168.0.0/24"
     assert subnet["properties"]["networkSecurityGroup"]["id"].lower() == nsg["id"].lower()
+    # the pod network crosses VMs through the subnet's route table (its routes come with the cluster)
+    table = fake_arm.arm("GET", f"{NET}/routeTables/podmigrate-pod-routes")
+    assert subnet["properties"]["routeTable"]["id"].lower() == table["id"].lower()
+    assert [s["id"].lower() for s in table["properties"]["subnets"]] == [subnet["id"].lower()]
+    assert table["properties"].get("routes", []) == []
+    assert table["tags"]["podmigrate-cluster"] == "podmigrate"
+    for host in ("podmigrate-cp1", "podmigrate-w1"):
+        assert _resource(state, f"{NET}/networkInterfaces/{host}-nic")["properties"]["enableIPForwarding"] is True
 
     cp = _resource(state, f"{COMPUTE}/virtualMachines/podmigrate-cp1")["properties"]
     w1 = _resource(state, f"{COMPUTE}/virtualMachines/podmigrate-w1")
@@ -219,6 +228,71 @@ def test_second_run_changes_nothing(fake_arm, cluster_vars):
     assert run.rc == 0, run.output[-4000:]
     assert run.recap()["localhost"]["changed"] == 0, run.output[-4000:]
     assert fake_arm.writes() == []
+    _assert_no_outbound(fake_arm)
+
+
+def _node(name: str, pod_cidr: str, address: str) -> dict:
+    """A Node object as the API server returns it (the fields the routes are made from, and others)."""
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": address},
+                                     {"type": "Hostname", "address": name}]}}
+
+
+def test_pod_routes_follow_the_nodes(fake_arm, cluster_vars, tmp_path):
+    # What site.yml does once the cluster has given out the pod ranges (playbooks/cluster.yml
+    # reads the Nodes from the API server, which is not here; the Node objects are given).
+    play = tmp_path / "pod_routes.yml"
+    play.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+                    "    - ansible.builtin.include_role: {name: azure_infra, tasks_from: pod_routes}\n")
+    state = fake_arm.state()
+    addr = {h: _resource(state, f"{NET}/networkInterfaces/{h}-nic")["properties"]["ipConfigurations"][0]
+            ["properties"]["privateIPAddress"] for h in ("podmigrate-cp1", "podmigrate-w1")}
+    nodes = [_node("podmigrate-cp1", "10.244.0.0/24", addr["podmigrate-cp1"]),
+             _node("podmigrate-w1", "10.244.1.0/24", addr["podmigrate-w1"])]
+    table_id = f"{NET}/routeTables/podmigrate-pod-routes"
+
+    def routes() -> dict:
+        table = fake_arm.arm("GET", table_id)
+        return {r["name"]: (r["properties"]["addressPrefix"], r["properties"]["nextHopType"],
+                            r["properties"].get("nextHopIpAddress")) for r in table["properties"].get("routes", [])}
+
+    def run(node_list: list[dict]):
+        return fake_arm.playbook(str(play), inventory="inventories/azure/hosts.yml",
+                                 extra_vars={**cluster_vars, "azure_infra_k8s_nodes": node_list})
+
+    fake_arm.clear_log()
+    first = run(nodes)
+    assert first.rc == 0, first.output[-3000:]
+    assert routes() == {"pods-podmigrate-cp1": ("10.244.0.0/24", "VirtualAppliance", addr["podmigrate-cp1"]),
+                        "pods-podmigrate-w1": ("10.244.1.0/24", "VirtualAppliance", addr["podmigrate-w1"])}
+    # a rerun writes nothing
+    fake_arm.clear_log()
+    again = run(nodes)
+    assert again.rc == 0, again.output[-3000:]
+    assert again.recap()["localhost"]["changed"] == 0
+    assert fake_arm.writes() == []
+
+    # someone else's route stays; a node that left loses its route, the others keep theirs
+    fake_arm.arm("PUT", f"{table_id}/routes/to-onprem",
+                 {"properties": {"addressPrefix": "172.16.0.0/12", "nextHopType": "VirtualNetworkGateway"}})
+    fake_arm.clear_log()
+    gone = run(nodes[:1])
+    assert gone.rc == 0, gone.output[-3000:]
+    assert routes() == {"pods-podmigrate-cp1": ("10.244.0.0/24", "VirtualAppliance", addr["podmigrate-cp1"]),
+                        "to-onprem": ("172.16.0.0/12", "VirtualNetworkGateway", None)}
+    assert [(e["method"], e["path"].rsplit("/", 1)[-1]) for e in fake_arm.writes()] == \
+        [("DELETE", "pods-podmigrate-w1")]
+
+    # a node whose address is outside the subnet (or whose range is outside the pods') is refused
+    # before any route is written
+    fake_arm.clear_log()
+    bad = run([*nodes, _node("podmigrate-w9", "10.244.9.0/24", "10.0.0.9")])
+    assert bad.rc != 0
+    assert "node podmigrate-w9: pod range '10.244.9.0/24' must lie inside 10.244.0.0/16 and its InternalIP " \
+           "'10.0.0.9' inside the subnet 192.168.0.0/24; no route was changed" in " ".join(bad.output.split())
+    assert fake_arm.writes() == []
+    fake_arm.arm("DELETE", f"{table_id}/routes/to-onprem")
     _assert_no_outbound(fake_arm)
 
 
@@ -294,6 +368,7 @@ def test_teardown_deletes_ours_and_nothing_else(fake_arm, cluster_vars):
     assert at("/virtualMachines/podmigrate-cp1") < at("/networkInterfaces/podmigrate-cp1-nic") \
         < at("/loadBalancers/podmigrate-api-lb") < at("/publicIPAddresses/podmigrate-api-pip")
     assert at("/virtualNetworks/podmigrate-vnet") < at("/networkSecurityGroups/podmigrate-nsg")
+    assert at("/virtualNetworks/podmigrate-vnet") < at("/routeTables/podmigrate-pod-routes")
     assert at("/disks/podmigrate-cp1-osdisk") > at("/virtualMachines/podmigrate-cp1")
 
     # Once the stranger is gone and the group holds only ours, teardown deletes the group in one
