@@ -340,6 +340,60 @@ def test_the_cli_says_a_refusal_is_one_and_exits_3(cluster):
     assert answer["message"] == "refused, nothing changed: pod default/nosuchpod not found"
 
 
+SUDO_USER = "pmadmin"
+
+
+@pytest.fixture
+def sudo_nodes(cluster, tmp_path):
+    """Every node reached as Azure's are: a login user that is not root, root only through
+    passwordless sudo; an inventory that says so. Removed again, sudo too."""
+    for name in NODES:
+        node_run(cluster, name, (
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sudo >/dev/null && "
+            f"useradd -m -s /bin/bash {SUDO_USER} && install -d -m 700 -o {SUDO_USER} -g {SUDO_USER} "
+            f"/home/{SUDO_USER}/.ssh && install -m 600 -o {SUDO_USER} -g {SUDO_USER} /root/.ssh/authorized_keys "
+            f"/home/{SUDO_USER}/.ssh/authorized_keys && echo '{SUDO_USER} ALL=(ALL) NOPASSWD:ALL' "
+            f"> /etc/sudoers.d/{SUDO_USER} && chmod 440 /etc/sudoers.d/{SUDO_USER}"))
+    inventory = yaml.safe_load(cluster["inventory"].read_text())
+
+    def as_user(become):
+        inventory["all"]["children"]["nodes"]["vars"].update(ansible_user=SUDO_USER, ansible_become=become)
+        path = tmp_path / f"hosts-{SUDO_USER}-{become}.yml"
+        path.write_text(yaml.safe_dump(inventory))
+        return path
+    try:
+        yield as_user
+    finally:
+        for name in NODES:
+            node_run(cluster, name, f"pkill -u {SUDO_USER}; userdel -r {SUDO_USER}; rm -f /etc/sudoers.d/{SUDO_USER}; "
+                                    "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q sudo >/dev/null; "
+                                    f"! id {SUDO_USER} && test ! -e /usr/bin/sudo")
+
+
+def test_nodes_reached_as_a_user_with_passwordless_sudo_as_on_azure(api, cluster, counter, sudo_nodes):
+    source = current(api, "counter")
+    target = next(w for w in WORKERS if w != source.spec.node_name)
+    # without become the engine refuses before anything changes
+    refused = run_playbook("migrate.yml", sudo_nodes(False), extra_vars={"pod": "default/counter", "target": target})
+    assert refused.rc != 0
+    assert f"refused, nothing changed: node {source.spec.node_name}: reached as {SUDO_USER} without become" \
+        in " ".join(refused.output.split()), refused.output[-3000:]
+    before = int(ask(cluster, counter["url"]))
+    checksum = ask(cluster, counter["checksum"])
+    run = run_playbook("migrate.yml", sudo_nodes(True), extra_vars={"pod": "default/counter", "target": target})
+    assert run.rc == 0, run.output[-5000:]
+    assert current(api, "counter").spec.node_name == target
+    assert int(ask_service(cluster, counter["url"])) > before
+    assert ask(cluster, counter["checksum"]) == checksum
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+    # the engine logged in as that user and became root through sudo on both nodes
+    for name in (source.spec.node_name, target):
+        log = node_run(cluster, name, "journalctl -q --no-pager _COMM=sudo")
+        helper_runs = [line for line in log.splitlines() if f" {SUDO_USER} : " in line and "USER=root ; COMMAND="
+                       in line and "sh -c /usr/local/libexec/podmigrate/podmigrate-node " in line]
+        assert helper_runs, log[-3000:]
+
+
 def test_a_pod_another_migration_holds_is_refused_until_its_lock_lapses(api, cluster, counter):
     import datetime
 

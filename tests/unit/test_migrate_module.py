@@ -65,3 +65,35 @@ def test_an_api_server_that_stops_answering_is_given_up_naming_the_call(tmp_path
         assert tries == 2
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"user": "azureuser"}, "node w1: reached as azureuser without become, and the engine's commands on a node need "
+                            "root (set ansible_become for it, with passwordless sudo, as the Azure inventory does)"),
+    ({"user": "azureuser", "become": True, "become_method": "su"},
+     "node w1: become method su is not one the engine uses (sudo, with no password)"),
+])
+def test_a_node_the_engine_could_not_act_on_as_root_is_refused_before_anything(tmp_path, spec, expected):
+    answer = run_module(tmp_path, kubeconfig=str(tmp_path / "none"), target="w2",
+                        nodes={"w1": {"host": "10.213.0.9", **spec}, "w2": {"host": "10.213.0.10"}})
+    assert answer["failed"]
+    assert answer["msg"] == f"refused, nothing changed: {expected}"
+
+
+def test_a_node_reached_through_sudo_runs_the_command_as_root_through_sudo_n():
+    """The command line the engine gives ssh: the node's login shell runs its last argument,
+    which hands the whole command, quoting and all, to sudo -n as one `sh -c` argument."""
+    import shlex
+
+    from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import remote
+
+    command = "printf '%s\\n' \"it's one\" | grep -c 'it' && echo \"$HOME\""
+    plain = remote.Node("w1", "10.213.0.9").argv(command)
+    assert plain[-2:] == ["root@10.213.0.9", command]
+    sudo = remote.Node("w1", "10.213.0.9", user="azureuser", become=True).argv(command)
+    assert sudo[-2] == "azureuser@10.213.0.9"
+    # what the login shell hands to sudo is the original command, unchanged
+    assert shlex.split(sudo[-1]) == ["sudo", "-n", "-u", "root", "--", "sh", "-c", command]
+    ran = subprocess.run(["sh", "-c", sudo[-1].replace("sudo -n -u root -- ", "")], capture_output=True, text=True,
+                         check=False, env={"HOME": "/home-of-root", "PATH": "/usr/bin:/bin"})
+    assert ran.stdout.splitlines() == ["1", "/home-of-root"]

@@ -67,7 +67,12 @@ options:
     type: str
     default: /var/lib/podmigrate/share
   nodes:
-    description: How to reach each node over SSH, by Kubernetes node name.
+    description:
+      - How to reach each node over SSH, by Kubernetes node name, as Ansible reaches it
+        (C(host), C(user), C(port), C(key), C(ssh_args)), and whether Ansible becomes root there
+        (C(become), C(become_method), C(become_user)): the engine's node commands then run
+        through C(sudo -n). A node reached as another user than root without become, or with
+        a become method other than sudo, is refused before anything changes.
     type: dict
     required: true
   kubeconfig:
@@ -191,9 +196,13 @@ def main():
 
     # the version of the helper built from the controller's sources (what the nodes must run)
     helper_digest = nodehelper.digest(p["helper"]) if p["helper"] else None
-    node_keys = ("host", "user", "port", "key", "ssh_args")
-    nodes = {name: remote.Node(name, **{k: v for k, v in spec.items() if k in node_keys})
+    node_keys = ("host", "user", "port", "key", "ssh_args", "become", "become_method", "become_user")
+    specs = {name: {k: v for k, v in spec.items() if k in node_keys and v is not None}
              for name, spec in p["nodes"].items()}
+    problems = [x for name, spec in specs.items() for x in remote.connection_problems(name, **spec)]
+    if problems:
+        module.fail_json(msg="refused, nothing changed: " + "; ".join(problems), problems=problems, report={})
+    nodes = {name: remote.Node(name, **spec) for name, spec in specs.items()}
     job = None
     if p["recover"]:
         recover(module, config, nodes, progress, helper_digest)

@@ -21,11 +21,30 @@ class NodeError(Exception):
     pass
 
 
-class Node:
-    """A node reached over SSH as Ansible reaches it."""
+BECOME_METHODS = ("sudo",)
 
-    def __init__(self, name, host, user="root", port=None, key=None, ssh_args=""):
+
+def connection_problems(name, user="root", become=False, become_method="sudo", **_):
+    """What keeps the engine from acting as root on a node reached as Ansible reaches it."""
+    if become and become_method not in BECOME_METHODS:
+        return [f"node {name}: become method {become_method} is not one the engine uses "
+                f"({', '.join(BECOME_METHODS)}, with no password)"]
+    if not become and user != "root":
+        return [f"node {name}: reached as {user} without become, and the engine's commands on a node need root "
+                "(set ansible_become for it, with passwordless sudo, as the Azure inventory does)"]
+    return []
+
+
+class Node:
+    """A node reached over SSH as Ansible reaches it: its login user, and root through
+    passwordless sudo when Ansible becomes root there (``become``)."""
+
+    def __init__(self, name, host, user="root", port=None, key=None, ssh_args="", become=False,
+                 become_method="sudo", become_user="root"):
         self.name, self.host, self.user = name, host, user
+        # every command runs as become_user through `sudo -n` (never a password prompt: a
+        # node that asks for one fails the command at once)
+        self.become = ["sudo", "-n", "-u", become_user, "--"] if become and become_method == "sudo" else []
         # a node that stops answering is given up after 15 s (keep-alives), not waited for forever
         self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
                         "-o", "ServerAliveCountMax=3"]
@@ -54,9 +73,14 @@ class Node:
         return [*self.options, "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}/%C",
                 "-o", "ControlPersist=300"]
 
+    def argv(self, command):
+        """The ssh command line that runs the shell ``command`` on the node (as root)."""
+        if self.become:
+            command = " ".join([*self.become, "sh", "-c", shlex.quote(command)])
+        return ["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command]
+
     def run(self, command, stdin=None, timeout=600, check=True):
-        res = subprocess.run(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command], input=stdin,
-                             capture_output=True, timeout=timeout, check=False)
+        res = subprocess.run(self.argv(command), input=stdin, capture_output=True, timeout=timeout, check=False)
         if check and res.returncode != 0:
             raise NodeError(f"{self.name}: `{command}` failed ({res.returncode}): "
                             f"{res.stderr.decode(errors='replace').strip()[-2000:]}")
@@ -75,10 +99,9 @@ class Node:
     def pipe(self, command, other, other_command, timeout=600):
         """Run ``command`` here with its output fed to ``other_command`` on ``other``; the
         bytes that went through (they pass the controller, never a file)."""
-        sender = subprocess.Popen(["ssh", *self.ssh_options(), f"{self.user}@{self.host}", command],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        receiver = subprocess.Popen(["ssh", *other.ssh_options(), f"{other.user}@{other.host}", other_command],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sender = subprocess.Popen(self.argv(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        receiver = subprocess.Popen(other.argv(other_command), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
         size = 0
         try:
             while chunk := sender.stdout.read(1 << 20):
@@ -106,8 +129,8 @@ class Session:
 
     def __init__(self, node, command):
         self.node, self.command = node, command
-        self.proc = subprocess.Popen(["ssh", *node.ssh_options(), f"{node.user}@{node.host}", command],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(node.argv(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
 
     def send(self, line):
         self.proc.stdin.write(line.encode() + b"\n")
