@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -76,3 +77,81 @@ def test_an_architecture_without_a_pinned_sha256_stops_the_role_before_any_chang
     assert "TASK [containerd : The source is complete]" in run.output
     assert "'tarball' needs containerd_tarball_url, containerd_tarball_sha256" in " ".join(run.output.split())
     assert run.changed() == 0
+
+
+CRIU_DEFAULTS = ROOT / "roles" / "criu" / "defaults" / "main.yml"
+SHOW_CRIU = f"""
+- name: The criu role's apt source as templated for the node
+  hosts: localhost
+  gather_facts: false
+  vars_files: [{CRIU_DEFAULTS}]
+  tasks:
+    - name: Show it
+      ansible.builtin.debug:
+        msg: "SOURCE {{{{ criu_apt_source | to_json }}}} END"
+"""
+
+
+@pytest.mark.parametrize(("distribution", "release"), [("Ubuntu", "jammy"), ("Ubuntu", "noble"), ("Debian", "trixie")])
+def test_ubuntu_takes_criu_from_the_projects_ppa_with_its_key_pinned_by_fingerprint(tmp_path, distribution, release):
+    play = tmp_path / "show.yml"
+    play.write_text(SHOW_CRIU)
+    run = run_playbook(str(play), options=("-e", json.dumps({"ansible_facts": {
+        "distribution": distribution, "distribution_release": release, "kernel": "6.8.0"}})))
+    assert run.rc == 0, run.output[-3000:]
+    source = json.loads(re.search(r"SOURCE (\{.*?\}) END", " ".join(run.output.split())).group(1))
+    if distribution == "Debian":
+        assert source == {}
+        return
+    assert source["uris"] == "https://ppa.launchpadcontent.net/criu/ppa/ubuntu" and source["suites"] == release
+    assert source["signed_by"] == "/etc/apt/keyrings/podmigrate-criu-ppa.asc"
+    assert source["pin"] == "release o=LP-PPA-criu"
+    assert source["key_fingerprint"] == "4E2A48715C45AEEC077B48169B29EEC9246B6CE2"
+    assert source["key_url"].startswith("https://keyserver.ubuntu.com/")
+    assert source["key_fingerprint"] in source["key_url"]
+
+
+KEY_PLAY = """
+- name: The CRIU source's key, fetched and checked
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Fetch and check it
+      ansible.builtin.include_role:
+        name: criu
+        tasks_from: key
+"""
+
+
+def test_a_source_key_whose_fingerprint_is_not_the_pinned_one_is_removed_and_stops_the_role(tmp_path):
+    """A real OpenPGP key, made here, fetched by the role's real tasks (file:// instead of the keyserver)."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "podmigrate test <t@example.invalid>",
+                    "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
+    listing = subprocess.run(["gpg", "--list-keys", "--with-colons"], env=env, check=True, capture_output=True,
+                             text=True).stdout
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    key = tmp_path / "key.asc"
+    key.write_text(subprocess.run(["gpg", "--armor", "--export", fingerprint], env=env, check=True,
+                                  capture_output=True, text=True).stdout)
+    keyring = tmp_path / "keyrings" / "criu.asc"
+    play = tmp_path / "key.yml"
+    play.write_text(KEY_PLAY)
+
+    def run(pinned):
+        source = {"name": "t", "uris": "file:///nowhere", "suites": "jammy", "signed_by": str(keyring),
+                  "key_url": key.as_uri(), "key_fingerprint": pinned}
+        return run_playbook(str(play), options=("-e", json.dumps({"criu_apt_source": source})))
+
+    wrong = run("4E2A48715C45AEEC077B48169B29EEC9246B6CE2")
+    assert wrong.rc != 0
+    assert f"is not 4E2A48715C45AEEC077B48169B29EEC9246B6CE2 ({fingerprint}): it was removed, nothing else changed" \
+        in " ".join(wrong.output.split()), wrong.output[-3000:]
+    assert not keyring.exists()
+    right = run(fingerprint.lower())
+    assert right.rc == 0, right.output[-3000:]
+    assert keyring.read_text() == key.read_text()
+    again = run(fingerprint)
+    assert again.rc == 0 and again.changed() == 0, again.output[-3000:]
