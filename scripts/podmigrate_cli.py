@@ -104,7 +104,7 @@ def cmd_migrate(args):
         extra["target"] = args.to
     if args.share:
         extra["share"] = args.share
-    result = run_migrate_playbook(extra, args)
+    result = run_migrate_playbook(with_identity(extra, args), args)
     code, outcome = exit_code(result)
     report = result.get("report") or {}
     # a failure's own words (what became of the pod); else the summary of the move
@@ -129,7 +129,8 @@ def cmd_recover(args):
     checkpoint, else back to the source pod; either way what it left on the nodes goes.
     Exit code 0 when nothing is left, 3 when refused, 1 when a recovery failed (what it
     could not do stays in the journal: run it again)."""
-    result = run_migrate_playbook({"recover": True, **({"pod": args.pod} if args.pod else {})}, args)
+    result = run_migrate_playbook(with_identity({"recover": True, **({"pod": args.pod} if args.pod else {})}, args),
+                                  args)
     reports = result.get("reports") or []
     if result.get("failed"):
         code = REFUSED if (result.get("msg") or "").startswith("refused") else NOT_STARTED
@@ -150,6 +151,12 @@ def cmd_recover(args):
         if report.get("report"):
             print(f"  report: {report['report']}")
     return code
+
+
+def with_identity(extra, args):
+    """``extra`` with the kubeconfig and context the engine is to use, where asked for
+    (kubectl migrate's --kubeconfig, --context); else migrate.yml's own choice."""
+    return {**extra, **{key: getattr(args, key) for key in ("kubeconfig", "context") if getattr(args, key, None)}}
 
 
 def run_migrate_playbook(extra, args):
@@ -281,6 +288,22 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         return shown
 
 
+def migration_options(p):
+    """The options of a move (podmigrate migrate, kubectl migrate pod)."""
+    p.add_argument("--to", metavar="NODE", help="target node (default: a Ready node with room)")
+    p.add_argument("--transfer", choices=["direct", "share"], default="direct",
+                   help="direct: node to node over SSH, the memory streamed as it is dumped; share: one "
+                   "archive through a share both nodes reach")
+    p.add_argument("--share", choices=["dir", "smb"],
+                   help="what --transfer share goes through (default: smb when the inventory configures an "
+                   "SMB share, else a directory both nodes mount)")
+    p.add_argument("--timeout", type=int, default=600, metavar="SECONDS",
+                   help="the most each of checkpoint, transfer and restore may take before a rollback")
+    p.add_argument("--node-deadline", type=int, default=120, metavar="SECONDS",
+                   help="should this controller die and no one run podmigrate recover: how long after its last "
+                   "word the source node settles the migration by itself (as the target's verdict says)")
+
+
 def parser():
     top = argparse.ArgumentParser(prog="podmigrate", description=__doc__, formatter_class=Formatter)
     top.add_argument("--version", action="version", version=version())
@@ -295,18 +318,7 @@ def parser():
     p = command("migrate", cmd_migrate, "move a running pod to another node, its memory intact")
     p.add_argument("pod", metavar="NAMESPACE/NAME", help="the pod (NAME alone: in default); a pod moved "
                    "before is found by its original name too")
-    p.add_argument("--to", metavar="NODE", help="target node (default: a Ready node with room)")
-    p.add_argument("--transfer", choices=["direct", "share"], default="direct",
-                   help="direct: node to node over SSH, the memory streamed as it is dumped; share: one "
-                   "archive through a share both nodes reach")
-    p.add_argument("--share", choices=["dir", "smb"],
-                   help="what --transfer share goes through (default: smb when the inventory configures an "
-                   "SMB share, else a directory both nodes mount)")
-    p.add_argument("--timeout", type=int, default=600, metavar="SECONDS",
-                   help="the most each of checkpoint, transfer and restore may take before a rollback")
-    p.add_argument("--node-deadline", type=int, default=120, metavar="SECONDS",
-                   help="should this controller die and no one run podmigrate recover: how long after its last "
-                   "word the source node settles the migration by itself (as the target's verdict says)")
+    migration_options(p)
     p.add_argument("-i", "--inventory", help="Ansible inventory (default: ANSIBLE_INVENTORY, else ansible.cfg's: "
                    "the local cluster)")
     p.add_argument("--json", action="store_true", help="print the result and the report as JSON on stdout "

@@ -234,3 +234,42 @@ def test_byte_watch_tells_nothing_of_a_phase_shorter_than_its_interval():
     with progress.ByteWatch(told.append, "checkpoint", lambda: 1, 10, interval=1.0):
         time.sleep(0.1)
     assert told == []
+
+
+# ------------------------------------------------------------------ kubectl migrate (the plugin)
+def kubectl_migrate(*argv, env=None, timeout=300):
+    return subprocess.run([str(ROOT / "scripts" / "kubectl-migrate"), *argv], cwd=ROOT, env=env or FRESH,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_the_kubectl_plugin_has_kubectls_conventions_and_podmigrates_help():
+    top = kubectl_migrate("--help")
+    assert top.returncode == 0 and top.stdout.startswith("usage: kubectl migrate")
+    for word in ("pod", "recover", "reports"):
+        assert word in top.stdout
+    sub = kubectl_migrate("pod", "--help")
+    for option in ("-n NAMESPACE", "--kubeconfig", "--context", "-o {text,json}", "--to NODE", "(default: 600)"):
+        assert option in sub.stdout, option
+    assert kubectl_migrate("pod").returncode == 2
+    assert kubectl_migrate("pod", "counter", "-o", "yaml").returncode == 2
+
+
+def test_the_kubectl_plugin_takes_the_namespace_from_the_context_and_the_kubeconfig_it_is_given(tmp_path, nowhere):
+    kubeconfig = tmp_path / "team.kubeconfig"
+    kubeconfig.write_text(NOWHERE_KUBECONFIG.replace(
+        "contexts: [{name: none, context: {cluster: none, user: none}}]",
+        "contexts: [{name: none, context: {cluster: none, user: none}},\n"
+        "           {name: team, context: {cluster: none, user: none, namespace: team-a}}]"))
+    # a name that is no pod's shows the namespace it was looked for in, before anything is asked of the cluster
+    for context, namespace in ((["--context", "team"], "team-a"), ([], "default")):
+        res = kubectl_migrate("pod", "Not A Pod", "--kubeconfig", str(kubeconfig), *context, "-i", nowhere,
+                              "-o", "json")
+        assert res.returncode == 3, res.stdout + res.stderr
+        assert json.loads(res.stdout)["message"] == \
+            f"refused, nothing changed: pod '{namespace}/Not A Pod' is not NAMESPACE/NAME"
+    # -n wins; the engine is given that kubeconfig and that context (one the file lacks: it says so)
+    res = kubectl_migrate("pod", "counter", "-n", "team-b", "--kubeconfig", str(kubeconfig), "--context", "absent",
+                          "-i", nowhere, "-o", "json")
+    assert res.returncode == 1, res.stdout + res.stderr
+    answer = json.loads(res.stdout)
+    assert answer["result"] == "not started" and "absent" in answer["message"], answer["message"]

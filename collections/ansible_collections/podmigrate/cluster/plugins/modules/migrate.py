@@ -79,6 +79,9 @@ options:
     description: Kubeconfig of the cluster.
     type: path
     required: true
+  context:
+    description: Context of the kubeconfig to use (default its current context).
+    type: str
   helper:
     description:
       - The directory of the node helper's sources (C(podmigrate_node/) and
@@ -166,6 +169,7 @@ def main():
             "share_dir": {"type": "str", "default": "/var/lib/podmigrate/share"},
             "nodes": {"type": "dict", "required": True},
             "kubeconfig": {"type": "path", "required": True},
+            "context": {"type": "str"},
             "helper": {"type": "path"},
             "report_dir": {"type": "path"},
             "progress_file": {"type": "path"},
@@ -208,7 +212,7 @@ def main():
         recover(module, config, nodes, progress, helper_digest)
     try:
         namespace, name = engine.parse_pod(p["pod"])
-        api = config.new_client_from_config(config_file=p["kubeconfig"])
+        api = config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
         engine_class = seedfork.migration_class(p["profile"])
         job = engine_class(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
                            share_dir=p["share_dir"], share=p["share"], report_dir=p["report_dir"],
@@ -248,13 +252,13 @@ def recover(module, config, nodes, progress, helper_digest):
     if p["pod"]:
         namespace, name = engine.parse_pod(p["pod"])
     if module.check_mode:
-        api = config.new_client_from_config(config_file=p["kubeconfig"])
+        api = config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
         left = engine.unfinished(api, namespace, name)
         module.exit_json(changed=bool(left), reports=[], report={
             "result": "would recover" if left else "nothing to recover", "unfinished": left,
             "summary": "would recover: " + "; ".join(left) if left else "nothing to recover"})
     try:
-        api = config.new_client_from_config(config_file=p["kubeconfig"])
+        api = config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
         reports = engine.recover(api, nodes, namespace, name, report_dir=p["report_dir"], progress=progress,
                                  helper_digest=helper_digest)
     except plan.MigrationError as exc:
