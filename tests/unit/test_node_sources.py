@@ -128,8 +128,11 @@ def test_a_source_key_whose_fingerprint_is_not_the_pinned_one_is_removed_and_sto
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     env = {"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "podmigrate test <t@example.invalid>",
-                    "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
+    try:
+        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "podmigrate test <t@example.invalid>",
+                        "ed25519", "sign", "never"], env=env, check=True, capture_output=True)
+    finally:  # the agent gpg started for it
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, capture_output=True)
     listing = subprocess.run(["gpg", "--list-keys", "--with-colons"], env=env, check=True, capture_output=True,
                              text=True).stdout
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
