@@ -158,6 +158,20 @@ def test_a_long_name_is_cut_to_fit_with_its_suffix():
     assert len(restored["metadata"]["name"]) == 63 and restored["metadata"]["name"].endswith("-abcdef")
 
 
+@pytest.mark.parametrize(("meta", "message"), [
+    ({"ownerReferences": [{"kind": "DaemonSet", "name": "logs", "controller": True}]},
+     "pod default/counter belongs to DaemonSet logs, which runs one pod on each node: it stays with its node"),
+    ({"annotations": {"kubernetes.io/config.mirror": "abc"}},
+     "pod default/counter is a static pod of node w1's kubelet (its mirror here): it belongs to that node"),
+])
+def test_pods_that_belong_to_their_node_are_refused_saying_so(meta, message):
+    p = pod()
+    p["metadata"].update(meta)
+    with pytest.raises(plan.MigrationError) as refused:
+        plan.plan(p, {"w1": node("w1"), "w2": node("w2")}, {})
+    assert refused.value.problems == [message]
+
+
 def test_a_pod_of_another_runtime_class_is_refused_and_one_moved_before_is_not():
     nodes = {"w1": node("w1"), "w2": node("w2")}
     with pytest.raises(plan.MigrationError, match="runs under RuntimeClass kata"):

@@ -135,8 +135,14 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
     if spec.get("runtimeClassName") not in (None, RUNTIME_CLASS):
         problems.append(f"pod {ref} runs under RuntimeClass {spec['runtimeClassName']}: only pods runc runs "
                         f"(the default runtime or {RUNTIME_CLASS}) can be checkpointed")
+    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+        problems.append(f"pod {ref} is a static pod of node {source}'s kubelet (its mirror here): it belongs "
+                        "to that node")
     for owner in meta.get("ownerReferences") or []:
-        if owner.get("controller") and owner.get("kind") in CONTROLLER_KINDS:
+        if owner.get("controller") and owner.get("kind") == "DaemonSet":
+            problems.append(f"pod {ref} belongs to DaemonSet {owner.get('name')}, which runs one pod on each node: "
+                            "it stays with its node")
+        elif owner.get("controller") and owner.get("kind") in CONTROLLER_KINDS:
             problems.append(f"pod {ref} is managed by {owner['kind']} {owner.get('name')}: the controller would "
                             "replace or fight the moved pod (migrating controlled pods is not supported yet)")
     problems += _volume_problems(pod, claims)
