@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -393,7 +394,7 @@ def test_nodes_reached_as_a_user_with_passwordless_sudo_as_on_azure(api, cluster
     for name in (source.spec.node_name, target):
         log = node_run(cluster, name, "journalctl -q --no-pager _COMM=sudo")
         helper_runs = [line for line in log.splitlines() if f" {SUDO_USER} : " in line and "USER=root ; COMMAND="
-                       in line and "sh -c /usr/local/libexec/podmigrate/podmigrate-node " in line]
+                       in line and re.search(r"sh -c '?/usr/local/libexec/podmigrate/podmigrate-node ", line)]
         assert helper_runs, log[-3000:]
 
 
