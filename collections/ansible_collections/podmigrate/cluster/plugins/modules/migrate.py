@@ -70,7 +70,7 @@ options:
     description:
       - How to reach each node over SSH, by Kubernetes node name, as Ansible reaches it
         (C(host), C(user), C(port), C(key), C(ssh_args)), and whether Ansible becomes root there
-        (C(become), C(become_method), C(become_user)): the engine's node commands then run
+        (C(become), C(become_method), C(become_user)); the engine's node commands then run
         through C(sudo -n). A node reached as another user than root without become, or with
         a become method other than sudo, is refused before anything changes.
     type: dict
