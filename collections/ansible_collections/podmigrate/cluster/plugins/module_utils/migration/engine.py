@@ -245,21 +245,20 @@ class Migration(Runner):
             self.core.list_namespaced_persistent_volume_claim(self.namespace).items)}
         return pod, nodes, pods_by_node, claims
 
+    def pod_lock(self, pod):
+        """The lock of ``pod`` (lock.py), by its original name: every incarnation has the one Lease."""
+        original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
+        return lock.PodLock(self.api_client, self.namespace, original, self.id, log=self.log)
+
     def lock_problems(self, pod):
         """(Check mode, no lock taken) why the pod's lock stops a migration now: another holds
         it, or one whose controller went away left it unfinished (a migration recovers it)."""
-        from kubernetes.client.rest import ApiException
-
-        original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
-        try:
-            lease = self.as_dict(self.client.CoordinationV1Api(self.api_client).read_namespaced_lease(
-                lock.lease_name(original), self.namespace))
-        except ApiException as exc:
-            if exc.status == 404:
-                return []
-            raise
+        pod_lock = self.pod_lock(pod)
+        lease = pod_lock.peek()
+        if lease is None:
+            return []
         if not lock.expired(lease, _now()):
-            return [f"pod {self.namespace}/{self.name} is being migrated: {lock.held_by(lease)}"]
+            return [pod_lock.held(lease)]
         if (lock.journal_of(lease) or {}).get("steps"):
             self.report["would_recover_first"] = lease["spec"].get("holderIdentity")
         return []
@@ -277,12 +276,11 @@ class Migration(Runner):
         except AlreadyThere as exc:
             self.report.update(result="already there", summary=str(exc))
             return self.report
-        bring = getattr(self, "bring", [])
+        bring, memory_bytes = getattr(self, "bring", []), getattr(self, "memory_bytes", None)
         self.report.update(result="would migrate", plan={
             "source": self.report["source"], "target": self.report["target"], "transfer": self.transfer,
-            "memory_bytes": getattr(self, "memory_bytes", None), "images_to_bring": bring})
-        memory = f", {self.memory_bytes / 2**20:.0f} MiB of memory to move" if getattr(self, "memory_bytes", None) \
-            else ""
+            "memory_bytes": memory_bytes, "images_to_bring": bring})
+        memory = f", {memory_bytes / 2**20:.0f} MiB of memory to move" if memory_bytes else ""
         self.report["summary"] = (f"{self.report['pod']} would move {self.report['source']} -> {self.report['target']} "
                                   f"({self.transfer} transfer{memory}"
                                   f"{', bringing ' + ', '.join(bring) if bring else ''}); nothing changed (check mode)")
@@ -300,8 +298,7 @@ class Migration(Runner):
         changed while this one looked at it)."""
         from kubernetes.client.rest import ApiException
 
-        original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
-        self.lock = lock.PodLock(self.api_client, self.namespace, original, self.id, log=self.log)
+        self.lock = self.pod_lock(pod)
         self.lock.beats.append(self.extend_node_deadline)
         try:
             self.lock.acquire(source, target)

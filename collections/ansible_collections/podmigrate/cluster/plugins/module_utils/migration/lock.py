@@ -122,8 +122,7 @@ class PodLock:
                 raise
             current = self.read()
             if not expired(current, datetime.datetime.now(datetime.UTC)):
-                raise MigrationError([f"pod {self.namespace}/{self.pod_name} is being migrated: {held_by(current)}"]) \
-                    from None
+                raise MigrationError([self.held(current)]) from None
             left = journal_of(current)
             if left and left.get("steps"):
                 raise Unfinished(current) from None
@@ -132,6 +131,21 @@ class PodLock:
 
     def read(self):
         return self.sanitize(self.api.read_namespaced_lease(self.name, self.namespace))
+
+    def peek(self):
+        """(Read only) the Lease as it is (a dict), or None when there is none."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return self.read()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def held(self, lease):
+        """Why a migration of the pod is refused while ``lease`` is held."""
+        return f"pod {self.namespace}/{self.pod_name} is being migrated: {held_by(lease)}"
 
     def take_over(self, current):
         """The lapsed Lease ``current`` (a dict) made this holder's, its journal kept, only if
