@@ -15,7 +15,6 @@ inventory (-i, else ANSIBLE_INVENTORY, else ansible.cfg's).
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 
 import podmigrate_cli
@@ -62,9 +61,7 @@ def parser():
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, func, summary):
-        p = sub.add_parser(name, help=summary, description=inspect.cleandoc(func.__doc__),
-                           formatter_class=Formatter)
-        p.set_defaults(func=func)
+        p = podmigrate_cli.add_command(sub, name, func, summary)
         p.add_argument("-o", "--output", choices=["text", "json"], default="text",
                        help="json: the result and the report as JSON on stdout (progress on stderr)")
         return p
@@ -95,7 +92,6 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    for key in ("kubeconfig",):
-        if getattr(args, key, None):
-            setattr(args, key, os.path.abspath(getattr(args, key)))
+    if getattr(args, "kubeconfig", None):  # migrate.yml runs from the project directory
+        args.kubeconfig = os.path.abspath(args.kubeconfig)
     return args.func(args)

@@ -288,6 +288,13 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         return shown
 
 
+def add_command(sub, name, func, summary):
+    """Subcommand ``name`` of ``sub`` that runs ``func``, its whole docstring as its help."""
+    p = sub.add_parser(name, help=summary, description=inspect.cleandoc(func.__doc__), formatter_class=Formatter)
+    p.set_defaults(func=func)
+    return p
+
+
 def migration_options(p):
     """The options of a move (podmigrate migrate, kubectl migrate pod)."""
     p.add_argument("--to", metavar="NODE", help="target node (default: a Ready node with room)")
@@ -310,10 +317,7 @@ def parser():
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, func, summary):
-        p = sub.add_parser(name, help=summary, description=inspect.cleandoc(func.__doc__),
-                           formatter_class=Formatter)
-        p.set_defaults(func=func)
-        return p
+        return add_command(sub, name, func, summary)
 
     p = command("migrate", cmd_migrate, "move a running pod to another node, its memory intact")
     p.add_argument("pod", metavar="NAMESPACE/NAME", help="the pod (NAME alone: in default); a pod moved "

@@ -186,6 +186,9 @@ def main():
     except ImportError:
         module.fail_json(msg="the kubernetes Python client is needed on the controller (requirements.txt)")
 
+    def connect():
+        return config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
+
     # where the progress goes: the file asked for (scripts/podmigrate), else the one the
     # podmigrate.cluster.progress callback follows for the playbook's output
     progress_file = p["progress_file"] or os.environ.get("PODMIGRATE_PROGRESS_FILE")
@@ -209,10 +212,10 @@ def main():
     nodes = {name: remote.Node(name, **spec) for name, spec in specs.items()}
     job = None
     if p["recover"]:
-        recover(module, config, nodes, progress, helper_digest)
+        recover(module, connect, nodes, progress, helper_digest)
     try:
         namespace, name = engine.parse_pod(p["pod"])
-        api = config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
+        api = connect()
         engine_class = seedfork.migration_class(p["profile"])
         job = engine_class(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
                            share_dir=p["share_dir"], share=p["share"], report_dir=p["report_dir"],
@@ -246,19 +249,19 @@ def main():
     module.exit_json(changed=report["result"] == "migrated", report=report)
 
 
-def recover(module, config, nodes, progress, helper_digest):
+def recover(module, connect, nodes, progress, helper_digest):
     p = module.params
     namespace = name = None
     if p["pod"]:
         namespace, name = engine.parse_pod(p["pod"])
     if module.check_mode:
-        api = config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
+        api = connect()
         left = engine.unfinished(api, namespace, name)
         module.exit_json(changed=bool(left), reports=[], report={
             "result": "would recover" if left else "nothing to recover", "unfinished": left,
             "summary": "would recover: " + "; ".join(left) if left else "nothing to recover"})
     try:
-        api = config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
+        api = connect()
         reports = engine.recover(api, nodes, namespace, name, report_dir=p["report_dir"], progress=progress,
                                  helper_digest=helper_digest)
     except plan.MigrationError as exc:
