@@ -14,18 +14,6 @@ import yaml
 from helpers import ROOT, run_playbook
 
 DEFAULTS = ROOT / "roles" / "containerd" / "defaults" / "main.yml"
-SHOW = f"""
-- name: The containerd role's sources as templated for the node
-  hosts: localhost
-  gather_facts: false
-  vars_files: [{DEFAULTS}]
-  tasks:
-    - name: Show them
-      ansible.builtin.debug:
-        msg: "SOURCES {{{{ {{'source': containerd_source, 'tarball': containerd_tarball_url,
-              'tarball_sha256': containerd_tarball_sha256, 'runc': containerd_runc_binary_url,
-              'runc_sha256': containerd_runc_binary_sha256}} | to_json }}}} END"
-"""
 ROLE = """
 - name: The containerd role
   hosts: localhost
@@ -34,18 +22,28 @@ ROLE = """
 """
 
 
-def facts(distribution, architecture):
+def facts(distribution, architecture=None, **more):
     """The node's facts the roles read, as extra vars (no node to gather them from)."""
     return ("-e", json.dumps({"ansible_facts": {"distribution": distribution, "architecture": architecture,
-                                                "kernel": "6.8.0"}}))
+                                                "kernel": "6.8.0", **more}}))
+
+
+def templated(tmp_path, defaults, expression, node_facts):
+    """``expression`` as Ansible templates it with the role defaults ``defaults`` for a node
+    with ``node_facts``."""
+    play = tmp_path / "show.yml"
+    play.write_text("- name: Template it\n  hosts: localhost\n  gather_facts: false\n"
+                    f"  vars_files: [{defaults}]\n  tasks:\n    - name: Show it\n      ansible.builtin.debug:\n"
+                    "        msg: \"VALUE {{ (" + expression + ") | to_json }} END\"\n")
+    run = run_playbook(str(play), options=node_facts)
+    assert run.rc == 0, run.output[-3000:]
+    return json.loads(re.search(r"VALUE (.*?) END", " ".join(run.output.split())).group(1))
 
 
 def sources(tmp_path, distribution, architecture):
-    play = tmp_path / "show.yml"
-    play.write_text(SHOW)
-    run = run_playbook(str(play), options=facts(distribution, architecture))
-    assert run.rc == 0, run.output[-3000:]
-    return json.loads(re.search(r"SOURCES (\{.*?\}) END", " ".join(run.output.split())).group(1))
+    return templated(tmp_path, DEFAULTS, "{'source': containerd_source, 'tarball': containerd_tarball_url, "
+                     "'tarball_sha256': containerd_tarball_sha256, 'runc': containerd_runc_binary_url, "
+                     "'runc_sha256': containerd_runc_binary_sha256}", facts(distribution, architecture))
 
 
 @pytest.mark.parametrize(("architecture", "arch"), [("x86_64", "amd64"), ("aarch64", "arm64")])
@@ -80,26 +78,9 @@ def test_an_architecture_without_a_pinned_sha256_stops_the_role_before_any_chang
 
 
 CRIU_DEFAULTS = ROOT / "roles" / "criu" / "defaults" / "main.yml"
-SHOW_CRIU = f"""
-- name: The criu role's apt source as templated for the node
-  hosts: localhost
-  gather_facts: false
-  vars_files: [{CRIU_DEFAULTS}]
-  tasks:
-    - name: Show it
-      ansible.builtin.debug:
-        msg: "SOURCE {{{{ criu_apt_source | to_json }}}} END"
-"""
-
-
 @pytest.mark.parametrize(("distribution", "release"), [("Ubuntu", "jammy"), ("Ubuntu", "noble"), ("Debian", "trixie")])
 def test_ubuntu_takes_criu_from_the_projects_ppa_with_its_key_pinned_by_fingerprint(tmp_path, distribution, release):
-    play = tmp_path / "show.yml"
-    play.write_text(SHOW_CRIU)
-    run = run_playbook(str(play), options=("-e", json.dumps({"ansible_facts": {
-        "distribution": distribution, "distribution_release": release, "kernel": "6.8.0"}})))
-    assert run.rc == 0, run.output[-3000:]
-    source = json.loads(re.search(r"SOURCE (\{.*?\}) END", " ".join(run.output.split())).group(1))
+    source = templated(tmp_path, CRIU_DEFAULTS, "criu_apt_source", facts(distribution, distribution_release=release))
     if distribution == "Debian":
         assert source == {}
         return
