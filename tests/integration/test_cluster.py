@@ -103,7 +103,8 @@ def test_the_migration_engine_has_an_identity_of_its_own_allowed_only_what_a_mig
     """migrate.yml talks to the API server as user podmigrate-engine (a client certificate of
     the cluster's CA, root-only on the controller), not as the cluster's admin. The API
     server itself answers what that user may do (SelfSubjectAccessReview, nothing is
-    tried): a migration's calls yes; secrets, exec, the kubelet API, nodes, RBAC no."""
+    tried): a migration's calls yes; secrets, exec, the kubelet API, nodes, RBAC, the
+    controllers themselves no."""
     kubeconfig = cluster["state"] / "engine.kubeconfig"
     assert kubeconfig.stat().st_mode & 0o077 == 0, "the engine's kubeconfig must be root-only"
     engine = config.new_client_from_config(str(kubeconfig))
@@ -122,10 +123,15 @@ def test_the_migration_engine_has_an_identity_of_its_own_allowed_only_what_a_mig
     needs = [("get", "pods"), ("list", "pods"), ("create", "pods"), ("delete", "pods"), ("list", "nodes"),
              ("get", "namespaces"), ("list", "persistentvolumeclaims"), ("create", "events"),
              ("create", "leases", "coordination.k8s.io"), ("update", "leases", "coordination.k8s.io"),
-             ("delete", "leases", "coordination.k8s.io"), ("list", "leases", "coordination.k8s.io")]
+             ("delete", "leases", "coordination.k8s.io"), ("list", "leases", "coordination.k8s.io"),
+             # a ReplicaSet's pod handed over at the commit (its cost, its owner)
+             ("patch", "pods"), ("update", "replicasets", "apps", "finalizers"),
+             # a drain: the cordon, and the eviction of what cannot move
+             ("patch", "nodes", "", None, None), ("create", "pods", "", "eviction")]
     assert [n for n in needs if not allowed(*n)] == []
     never = [("get", "secrets"), ("list", "secrets"), ("create", "pods", "", "exec"), ("get", "nodes", "", "proxy"),
-             ("update", "pods"), ("patch", "pods"), ("delete", "nodes"), ("update", "nodes"),
+             ("update", "pods"), ("update", "pods", "", "status"), ("delete", "nodes"), ("update", "nodes"),
+             ("update", "replicasets", "apps"), ("patch", "deployments", "apps"),
              ("create", "clusterrolebindings", "rbac.authorization.k8s.io"), ("get", "configmaps"),
              ("create", "serviceaccounts", "", "token")]
     assert [n for n in never if allowed(*n)] == []

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -752,6 +753,81 @@ HOLDINGS = {
 }
 
 
+def test_a_deployments_pod_moves_and_the_deployment_never_starts_nor_deletes_another(api, cluster):
+    """A Deployment of two replicas on the first worker: one of its pods moves. Watched all
+    along: no pod but the two and the restored one ever exists, the Deployment never has
+    fewer than two pods ready, the moved pod's count goes on and its memory is the same,
+    and its ReplicaSet owns it (no new rollout: the one ReplicaSet, its pod-template-hash)."""
+    apps = client.AppsV1Api(api.api_client)
+    w1, w2 = WORKERS
+    template = counter_pod("deployed", None, labels={"app": "deployed"},
+                           node_selector={"kubernetes.io/hostname": w1})
+    apps.create_namespaced_deployment("default", client.V1Deployment(
+        metadata=client.V1ObjectMeta(name="deployed"),
+        spec=client.V1DeploymentSpec(replicas=2, selector=client.V1LabelSelector(match_labels={"app": "deployed"}),
+                                     template=client.V1PodTemplateSpec(metadata=template.metadata,
+                                                                       spec=template.spec))))
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            pods = api.list_namespaced_pod("default", label_selector="app=deployed").items
+            status = apps.read_namespaced_deployment_status("deployed", "default").status
+            seen.append(({p.metadata.name for p in pods}, status.ready_replicas or 0,
+                         sum(1 for p in pods if p.metadata.deletion_timestamp is None)))
+            time.sleep(0.1)
+
+    try:
+        deadline = time.monotonic() + 120
+        while (apps.read_namespaced_deployment_status("deployed", "default").status.ready_replicas or 0) < 2:
+            assert time.monotonic() < deadline, "the Deployment never had its two pods ready"
+            time.sleep(0.5)
+        pods = api.list_namespaced_pod("default", label_selector="app=deployed").items
+        moving, staying = sorted(p.metadata.name for p in pods)
+        source = next(p for p in pods if p.metadata.name == moving)
+        url = f"http://{source.status.pod_ip}:8080"
+        before, checksum = int(ask(cluster, url + "/")), ask(cluster, url + "/checksum")
+        owner = source.metadata.owner_references[0]
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        run = migrate(cluster, f"default/{moving}", target=w2)
+        stop.set()
+        watcher.join()
+        assert run.rc == 0, run.output[-5000:]
+
+        moved = current(api, moving)
+        assert moved.spec.node_name == w2
+        refs = moved.metadata.owner_references
+        assert [(r.kind, r.name, r.uid, r.controller) for r in refs] == [("ReplicaSet", owner.name, owner.uid, True)]
+        url = f"http://{moved.status.pod_ip}:8080"
+        assert int(ask(cluster, url + "/")) > before
+        assert ask(cluster, url + "/checksum") == checksum
+        names = set().union(*(s[0] for s in seen))
+        assert names <= {moving, staying, moved.metadata.name}, f"another pod was started: {names}"
+        assert min(s[1] for s in seen) >= 2, f"the Deployment had fewer than 2 pods ready: {seen}"
+        # settled: its ReplicaSet has the two, and the Deployment never rolled out another
+        deadline = time.monotonic() + 30
+        while True:
+            pods = {p.metadata.name for p in api.list_namespaced_pod("default", label_selector="app=deployed").items}
+            status = apps.read_namespaced_deployment_status("deployed", "default").status
+            if pods == {staying, moved.metadata.name} and status.replicas == status.ready_replicas == 2:
+                break
+            assert time.monotonic() < deadline, (pods, status)
+            time.sleep(0.5)
+        sets = apps.list_namespaced_replica_set("default", label_selector="app=deployed").items
+        assert [r.metadata.name for r in sets] == [owner.name], "the move rolled the Deployment out again"
+        report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
+        print(f"\nDeployment: at most {max(s[2] for s in seen)} of its pods not being deleted at once; "
+              f"the moved pod frozen {report['frozen_seconds']} s")
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+    finally:
+        stop.set()
+        apps.delete_namespaced_deployment("deployed", "default", propagation_policy="Foreground")
+        deadline = time.monotonic() + 60
+        while api.list_namespaced_pod("default", label_selector="app=deployed").items and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 def holdings(cluster):
     return {w: {k: int(node_run(cluster, w, cmd).strip() or 0) for k, cmd in HOLDINGS.items()} for w in WORKERS}
 
@@ -1198,7 +1274,7 @@ def test_redis_keeps_every_key_without_a_persistence_file(api, cluster, tmp_path
 def refusals(api, cluster, tmp_path_factory):
     """Pods that must not move, each for its own reason."""
     w1, w2 = WORKERS
-    apps = client.AppsV1Api(api.api_client)
+    jobs = client.BatchV1Api(api.api_client)
     image = tmp_path_factory.mktemp("refusals") / "busybox.tar"
     write_busybox_image(image, BUSYBOX, ("sh",))
     scp(cluster["state"], image, NODES[w1][0], "/tmp/busybox.tar")
@@ -1236,11 +1312,10 @@ def refusals(api, cluster, tmp_path_factory):
     pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
     for pod in pods.values():
         api.create_namespaced_pod("default", pod)
-    selector = client.V1LabelSelector(match_labels={"app": "owned"})
-    template = counter_pod("owned", w1, labels={"app": "owned"})
-    apps.create_namespaced_replica_set("default", client.V1ReplicaSet(
+    template = counter_pod("owned", w1, labels={"app": "owned"}, restart_policy="Never")
+    jobs.create_namespaced_job("default", client.V1Job(
         metadata=client.V1ObjectMeta(name="owned"),
-        spec=client.V1ReplicaSetSpec(replicas=1, selector=selector, template=client.V1PodTemplateSpec(
+        spec=client.V1JobSpec(template=client.V1PodTemplateSpec(
             metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
     try:
         for name in ("hostnet", "hostpath", "big", "filler", "pinned", "mptcp", "unixpair"):
@@ -1254,7 +1329,7 @@ def refusals(api, cluster, tmp_path_factory):
         yield {"owned": owned[0].metadata.name}
     finally:
         api.patch_node(w1, {"metadata": {"labels": {"podmigrate.test/disk": None}}})
-        apps.delete_namespaced_replica_set("owned", "default")
+        jobs.delete_namespaced_job("owned", "default", propagation_policy="Foreground")
         for name in pods:
             delete_pod(api, name)
 
@@ -1267,7 +1342,7 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/big", "WORKER1", "already runs on"),
     ("default/done", "WORKER2", "is Succeeded, not Running"),
     ("default/hostnet", "WORKER2", "uses the host's network"),
-    ("default/OWNED", "WORKER2", "is managed by ReplicaSet owned"),
+    ("default/OWNED", "WORKER2", "is managed by Job owned: migrating its pods is not supported yet"),
     ("default/big", "WORKER2", "has no room"),
     ("default/big", None, "no node can take pod default/big"),
     ("default/pinned", "WORKER2", "does not have the label podmigrate.test/disk=ssd of the pod's nodeSelector"),

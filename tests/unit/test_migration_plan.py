@@ -87,13 +87,22 @@ def test_room_counts_the_pods_already_on_the_target_but_not_finished_ones():
 
 def test_every_problem_of_the_pod_is_listed_at_once():
     bad = pod(phase="Pending", hostNetwork=True, volumes=[{"name": "data", "hostPath": {"path": "/srv"}}])
-    bad["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "web-1", "controller": True}]
+    bad["metadata"]["ownerReferences"] = [{"kind": "Job", "name": "web-1", "controller": True}]
     with pytest.raises(plan.MigrationError) as err:
         plan.plan(bad, NODES, {}, target="w2")
     assert len(err.value.problems) == 4, err.value.problems
     text = str(err.value)
-    for expected in ("Pending, not Running", "host's network", "ReplicaSet web-1", "hostPath"):
+    for expected in ("Pending, not Running", "host's network", "Job web-1", "hostPath"):
         assert expected in text
+
+
+@pytest.mark.parametrize("kind", ["ReplicaSet", "ReplicationController"])
+def test_a_pod_of_a_replica_set_moves_and_one_of_its_owners_that_does_not_control_it_is_no_bar(kind):
+    owned = pod()
+    owned["metadata"]["ownerReferences"] = [{"kind": "ConfigMap", "name": "notes"},
+                                            {"kind": kind, "name": "web-1", "controller": True}]
+    assert plan.plan(owned, NODES, {}, target="w2") == ("w1", "w2")
+    assert plan.controller_of(owned)["name"] == "web-1"
 
 
 def test_claims_must_be_read_write_many():
@@ -151,6 +160,19 @@ def test_a_pod_moved_twice_keeps_its_original_name_and_names_only_its_last_migra
     assert twice["metadata"]["annotations"][manifest.ORIGINAL_NAME] == "counter"
     assert twice["metadata"]["annotations"][manifest.ORIGINAL_NODE] == "w2"
     assert twice["metadata"]["annotations"][manifest.RESTORE_ANNOTATION] == "m-bbbb"
+
+
+def test_a_replica_sets_restored_pod_is_the_leases_until_the_commit_and_never_the_cheapest_to_delete():
+    source = pod()
+    source["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1",
+                                              "uid": "rs", "controller": True}]
+    source["metadata"]["annotations"][manifest.DELETION_COST] = str(manifest.LOWEST_COST)
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": "podmigrate-counter", "uid": "l"}
+    restored = manifest.restored_pod(source, "w2", "m-abc", "abc", owner=lease)
+    assert restored["metadata"]["ownerReferences"] == [{**lease, "controller": True}]
+    # the lowest cost is the source's alone at the commit: the ReplicaSet deletes it, not this one
+    assert restored["metadata"]["annotations"][manifest.DELETION_COST] == str(manifest.LOWEST_COST + 1)
+    assert "ownerReferences" not in manifest.restored_pod(pod(), "w2", "m-abc", "abc")["metadata"]
 
 
 def test_a_long_name_is_cut_to_fit_with_its_suffix():

@@ -112,6 +112,7 @@ class Migration(Runner):
         self.pod = self.source = self.target = None
         self.restored_name = None
         self.uid = self.containers = None
+        self.owner = None  # the source's controller (a ReplicaSet), which the restored pod is handed to
         self.lock = None
         self.done = "migrated"  # the result when execute() returns
         self.story = []  # the Events told so far, for the restored pod when it is created
@@ -130,8 +131,8 @@ class Migration(Runner):
         return {"id": self.id, "namespace": self.namespace, "name": self.name, "uid": self.uid,
                 "lease": self.lock.pod_name if self.lock else None, "containers": self.containers,
                 "source": self.report.get("source"), "target": self.report.get("target"),
-                "restored": self.restored_name, "transfer": self.transfer, "share": self.report.get("share"),
-                "timeout": self.timeout}
+                "restored": self.restored_name, "owner": self.owner, "transfer": self.transfer,
+                "share": self.report.get("share"), "timeout": self.timeout}
 
     def journal_changed(self):
         if self.lock is not None:
@@ -157,6 +158,43 @@ class Migration(Runner):
 
     def undo_fence(self, node):
         self.nodes[node].helper("unfence", self.id)
+
+    def undo_handover(self, name, owner):
+        """Past the commit point, the restored pod handed to its controller (again: a commit
+        that failed before, or a controller that died in it); before it, nothing (the
+        rollback deletes the restored pod). Kept in the journal until done, so the Lease
+        that holds the restored pod until then is never deleted first (the garbage
+        collector would delete the pod with it)."""
+        if self.committed:
+            self.hand_over(name, owner)
+
+    def hand_over(self, name, owner):
+        """The commit of a pod of a ReplicaSet, before the source is deleted: the restored pod
+        ``name``, which the migration's Lease controlled so that the ReplicaSet would neither
+        count nor adopt it, is made the ReplicaSet's (``owner``, the source's controlling
+        ownerReference). The source is first given the lowest deletion cost: should the
+        ReplicaSet count both before the source's deletion, it deletes the source, never
+        the restored pod (Running and Ready, as verified). docs/migration.md."""
+        from kubernetes.client.rest import ApiException
+
+        try:  # only the source's uid: the precondition refuses any other pod of its name
+            self.core.patch_namespaced_pod(self.name, self.namespace, {"metadata": {
+                "uid": self.uid, "annotations": {manifest.DELETION_COST: str(manifest.LOWEST_COST)}}})
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+        try:
+            restored = self.as_dict(self.core.read_namespaced_pod(name, self.namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        if restored["metadata"].get("ownerReferences") == [owner]:
+            return
+        self.core.patch_namespaced_pod(name, self.namespace, [
+            {"op": "test", "path": "/metadata/uid", "value": restored["metadata"]["uid"]},
+            {"op": "replace", "path": "/metadata/ownerReferences", "value": [owner]}])
+        self.report["handed_over"] = f"{owner['kind']} {owner['name']}"
 
     def undo_restored(self, node, name):
         """The staged or restored pod ended on its node first (``end-restored``: its runtime
@@ -279,7 +317,8 @@ class Migration(Runner):
         bring, memory_bytes = getattr(self, "bring", []), getattr(self, "memory_bytes", None)
         self.report.update(result="would migrate", plan={
             "source": self.report["source"], "target": self.report["target"], "transfer": self.transfer,
-            "memory_bytes": memory_bytes, "images_to_bring": bring})
+            "memory_bytes": memory_bytes, "images_to_bring": bring,
+            **({"handed_to": f"{self.owner['kind']} {self.owner['name']}"} if self.owner else {})})
         memory = f", {memory_bytes / 2**20:.0f} MiB of memory to move" if memory_bytes else ""
         self.report["summary"] = (f"{self.report['pod']} would move {self.report['source']} -> {self.report['target']} "
                                   f"({self.transfer} transfer{memory}"
@@ -384,6 +423,7 @@ class Migration(Runner):
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
+        self.owner = plan.controller_of(pod)  # one plan moves: a ReplicaSet's, or None
         self.uid = self.uids[self.name] = pod["metadata"]["uid"]
 
     def room_problems(self, uid):
@@ -514,8 +554,15 @@ class Migration(Runner):
         self.open_capture()
         deadline = time.time() + 3 * self.timeout
         self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
-        restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1])
+        lease = None
+        if self.owner:  # the Lease controls it until the commit: its ReplicaSet neither counts nor adopts it
+            lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": self.lock.name,
+                     "uid": self.lock.lease.metadata.uid}
+        restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1], owner=lease)
         self.restored_name = restored["metadata"]["name"]
+        if self.owner:
+            self.always_do(f"hand the restored pod to {self.owner['kind']} {self.owner['name']}", "handover",
+                           name=self.restored_name, owner=self.owner)
         self.rollback_do("delete the restored pod", "restored", node=self.target.name, name=self.restored_name)
         self.uids[self.restored_name] = self.core.create_namespaced_pod(self.namespace, restored).metadata.uid
         self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
@@ -601,7 +648,10 @@ class Migration(Runner):
     def end_frozen_source(self):
         """The commit of a frozen source: the pod object first (the kubelet then stops its
         containers and never starts them again), then the helper kills their processes once
-        the kubelet's stop has begun: they never run another instruction."""
+        the kubelet's stop has begun: they never run another instruction. A ReplicaSet's pod
+        is handed over first (hand_over): its ReplicaSet never counts one pod too few."""
+        if self.owner:
+            self.hand_over(self.restored_name, self.owner)
         if self.delete_pod(self.name, self.uid):
             self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
 
@@ -738,6 +788,7 @@ class Recovery(Migration):
         except (TypeError, OSError, ValueError):
             pass  # no report directory, or none written there
         self.uid, self.containers, self.restored_name = ctx.get("uid"), ctx.get("containers") or [], ctx.get("restored")
+        self.owner = ctx.get("owner")
         self.report.update(source=ctx.get("source"), target=ctx.get("target"))
         if self.restored_name:
             self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"

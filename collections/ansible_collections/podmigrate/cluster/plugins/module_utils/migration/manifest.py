@@ -12,9 +12,14 @@ ORIGINAL_NAME = "podmigrate.io/migrated-from"
 ORIGINAL_NODE = "podmigrate.io/source-node"
 RUNTIME_CLASS = "podmigrate"
 RESTORE_ANNOTATION = "podmigrate.io/restore"
+# a ReplicaSet scaling down deletes its pods of the lowest cost first (after those not
+# Running or not Ready): the source is given the lowest at the commit, the restored pod
+# never has it (engine.Migration.hand_over)
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+LOWEST_COST = -(2**31)
 
 
-def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS):
+def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS, owner=None):
     """The manifest of the pod restored on ``target`` by migration ``migration_id``.
 
     The same containers and images (never pulled: the image must be on the target), labels
@@ -22,11 +27,16 @@ def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS)
     bound to the target node, run under ``runtime_class``: podmigrate's runtime restores
     each container from the migration's payload when containerd creates it, as the
     annotation RESTORE_ANNOTATION names it. The source's init containers ran already and do
-    not run again.
+    not run again. ``owner``, an ownerReference, is made its controller: the migration's
+    Lease, while the source's controller (a ReplicaSet) must not count it yet.
     """
     spec = copy.deepcopy(pod.get("spec") or {})
     metadata = _moved_metadata(pod, suffix)
     metadata["annotations"][RESTORE_ANNOTATION] = migration_id
+    if metadata["annotations"].get(DELETION_COST) == str(LOWEST_COST):
+        metadata["annotations"][DELETION_COST] = str(LOWEST_COST + 1)
+    if owner:
+        metadata["ownerReferences"] = [{**owner, "controller": True}]
     for container in spec["containers"]:
         container["imagePullPolicy"] = "Never"
     for key in ("nodeName", "nodeSelector", "affinity", "schedulerName", "initContainers"):

@@ -14,8 +14,9 @@ import re
 
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.manifest import RUNTIME_CLASS
 
-CONTROLLER_KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob",
-                    "ReplicationController")
+# the controllers whose pods move: the restored pod is handed to the source's controller at the
+# commit (engine.Migration.hand_over; docs/migration.md says why that never doubles nor loses one)
+HANDED_OVER = ("ReplicaSet", "ReplicationController")
 CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTPE]i?|e\d+|)$")
 MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -138,13 +139,13 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
     if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
         problems.append(f"pod {ref} is a static pod of node {source}'s kubelet (its mirror here): it belongs "
                         "to that node")
-    for owner in meta.get("ownerReferences") or []:
-        if owner.get("controller") and owner.get("kind") == "DaemonSet":
-            problems.append(f"pod {ref} belongs to DaemonSet {owner.get('name')}, which runs one pod on each node: "
-                            "it stays with its node")
-        elif owner.get("controller") and owner.get("kind") in CONTROLLER_KINDS:
-            problems.append(f"pod {ref} is managed by {owner['kind']} {owner.get('name')}: the controller would "
-                            "replace or fight the moved pod (migrating controlled pods is not supported yet)")
+    owner = controller_of(pod) or {}
+    if owner.get("kind") == "DaemonSet":
+        problems.append(f"pod {ref} belongs to DaemonSet {owner.get('name')}, which runs one pod on each node: "
+                        "it stays with its node")
+    elif owner and owner.get("kind") not in HANDED_OVER:
+        problems.append(f"pod {ref} is managed by {owner.get('kind')} {owner.get('name')}: migrating its pods is "
+                        f"not supported yet (those of a {', '.join(HANDED_OVER)} or Deployment are)")
     problems += _volume_problems(pod, claims)
     if target is not None:
         if target not in nodes:
@@ -170,6 +171,11 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
     if problems:
         raise MigrationError(problems)
     return source, chosen
+
+
+def controller_of(pod):
+    """The pod's controlling ownerReference (a dict), or None."""
+    return next((o for o in (pod.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")), None)
 
 
 def _target_problems(pod, node, pods_on_node):
