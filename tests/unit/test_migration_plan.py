@@ -54,9 +54,15 @@ def test_a_named_target_that_can_take_the_pod_is_planned():
     assert plan.plan(pod(), NODES, {"w1": [pod()]}, target="w2") == ("w1", "w2")
 
 
-def test_without_a_target_the_first_other_node_with_room_is_chosen():
+def test_without_a_target_the_other_node_with_the_most_room_is_chosen():
     nodes = dict(NODES, cp=node("cp", ready=False))
     assert plan.plan(pod(), nodes, {}) == ("w1", "w2")
+    nodes = {"w1": node("w1"), "w2": node("w2"), "w3": node("w3"), "w4": node("w4", memory="8Gi", ready=False)}
+    # w3 has more memory left than w2, which runs a pod; w4 more still, but is not Ready
+    assert plan.plan(pod(), nodes, {"w2": [pod("other", "w2", memory="1Gi")]}) == ("w1", "w3")
+    assert plan.plan(pod(), nodes, {"w3": [pod("other", "w3", memory="1Gi")]}) == ("w1", "w2")
+    # with the memory equal, the CPU left decides
+    assert plan.plan(pod(), nodes, {"w2": [pod("other", "w2", cpu="1", memory="0")]}) == ("w1", "w3")
 
 
 @pytest.mark.parametrize(("target", "message"), [

@@ -157,13 +157,12 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
             problems += spread_problems(pod, target, nodes, pods_by_node)
         chosen = target
     else:
-        chosen = None
         candidates = [n for n in sorted(nodes) if n != source]
-        for name in candidates:
-            if not _target_problems(pod, nodes[name], pods_by_node.get(name, [])) + \
-                    spread_problems(pod, name, nodes, pods_by_node):
-                chosen = name
-                break
+        fitting = [n for n in candidates if not _target_problems(pod, nodes[n], pods_by_node.get(n, [])) +
+                   spread_problems(pod, n, nodes, pods_by_node)]
+        # the node with the most room left for requests, memory first (then by name)
+        chosen = min(fitting, key=lambda n: tuple(-x for x in reversed(node_room(nodes[n], pods_by_node.get(n, [])))),
+                     default=None)
         if chosen is None:
             problems.append(f"no node can take pod {ref}: "
                             + ("; ".join(f"{n}: {', '.join(_target_problems(pod, nodes[n], pods_by_node.get(n, [])))}"
