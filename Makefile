@@ -27,7 +27,7 @@ test: lint
 # and the unit tests.
 # Each line's output is shown as it comes, whole lines only, each under its line's name.
 test-cluster: artifacts
-	set -o pipefail; pytest tests/integration --ignore=tests/integration/test_molecule.py 2>&1 | sed -u 's/^/[cluster] /'
+	set -o pipefail; pytest --durations=15 tests/integration --ignore=tests/integration/test_molecule.py 2>&1 | sed -u 's/^/[cluster] /'
 
 test-others:
 	set -o pipefail; pytest tests/azure tests/unit tests/integration/test_molecule.py 2>&1 | sed -u 's/^/[others] /'

@@ -2,14 +2,16 @@
 `eval "$(scripts/podmigrate env)"`), with kubectl's conventions and podmigrate's engine.
 
   kubectl migrate pod NAME [-n NAMESPACE] [--to NODE] [-o json] [--kubeconfig FILE] [--context NAME]
+  kubectl migrate drain NODE [--migrate-only] [--force] [-o json] [--kubeconfig FILE] [--context NAME]
   kubectl migrate recover [NAME] [-n NAMESPACE] [-o json]
   kubectl migrate reports [ID] [-o json]
 
 `pod` runs the same migration as `podmigrate migrate` (migrate.yml) and exits with its
-codes (podmigrate --help). The namespace is -n, else the context's, else default. The
-engine talks to the API server as its own identity (.podmigrate/engine.kubeconfig) unless
---kubeconfig (and --context) name another; it reaches the nodes through the Ansible
-inventory (-i, else ANSIBLE_INVENTORY, else ansible.cfg's).
+codes (podmigrate --help); `drain` empties a node as `podmigrate drain` (drain.yml) does.
+The namespace is -n, else the context's, else default. The engine talks to the API
+server as its own identity (.podmigrate/engine.kubeconfig) unless --kubeconfig (and
+--context) name another; it reaches the nodes through the Ansible inventory (-i, else
+ANSIBLE_INVENTORY, else ansible.cfg's).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def cmd_pod(args):
     return podmigrate_cli.cmd_migrate(args)
 
 
+def cmd_drain(args):
+    """Empty a node by migrating its pods, their memory intact (podmigrate drain)."""
+    args.json = args.output == "json"
+    return podmigrate_cli.cmd_drain(args)
+
+
 def cmd_recover(args):
     """Finish or roll back the migrations whose controller went away (podmigrate recover):
     of the pod NAME, else of every pod."""
@@ -66,8 +74,9 @@ def parser():
                        help="json: the result and the report as JSON on stdout (progress on stderr)")
         return p
 
-    def cluster_options(p):
-        p.add_argument("-n", "--namespace", help="the pod's namespace (default: the context's, else default)")
+    def cluster_options(p, namespace=True):
+        if namespace:
+            p.add_argument("-n", "--namespace", help="the pod's namespace (default: the context's, else default)")
         p.add_argument("--kubeconfig", help="kubeconfig the engine uses (default: its own identity, "
                        ".podmigrate/engine.kubeconfig)")
         p.add_argument("--context", help="context of that kubeconfig (default: its current context)")
@@ -78,6 +87,11 @@ def parser():
     p.add_argument("name", metavar="NAME", help="the pod (a pod moved before is found by its original name too)")
     cluster_options(p)
     podmigrate_cli.migration_options(p)
+
+    p = command("drain", cmd_drain, "empty a node by migrating its pods, their memory intact")
+    p.add_argument("node", metavar="NODE", help="the node to empty")
+    cluster_options(p, namespace=False)
+    podmigrate_cli.drain_options(p)
 
     p = command("recover", cmd_recover, "finish or roll back migrations whose controller went away")
     p.add_argument("name", nargs="?", metavar="NAME", help="only this pod's (default: every pod's)")

@@ -1,13 +1,15 @@
 """podmigrate: move running pods between nodes with their memory, and look after the local nodes.
 
   podmigrate migrate NAMESPACE/NAME [--to NODE] [--json] ...   move a pod (runs migrate.yml)
+  podmigrate drain NODE [--migrate-only] [--json] ...          empty a node by migrating its pods
+                                                               (runs drain.yml)
   podmigrate recover [NAMESPACE/NAME] [--json]                 finish or roll back migrations whose
                                                                controller went away
   podmigrate reports [ID] [--json]                             past migrations
   podmigrate nodes [--json]                                    the local nodes' state
   podmigrate env                                               shell lines: PATH, KUBECONFIG
 
-Exit codes of `migrate`:
+Exit codes of `migrate` (of `drain`: 0 drained, 1 not drained, 3 refused):
   0  migrated, or already on the target
   1  failed before it changed anything (no cluster, an unreachable node...)
   2  usage error
@@ -120,6 +122,40 @@ def cmd_migrate(args):
     return code
 
 
+def cmd_drain(args):
+    """Empty a node by migration (runs drain.yml): cordon it, then migrate every pod on it
+    that can move, a few at once, each to a node with room that its rules allow. A pod
+    that cannot move is evicted as kubectl drain does (its PodDisruptionBudgets decide),
+    unless --migrate-only; a pod no controller would start again is evicted only with
+    --force. DaemonSet pods and static pods stay. Prints what became of every pod and why;
+    the node stays cordoned (kubectl uncordon NODE). Exit code 0 when drained, 1 when a pod
+    other than those that belong to the node is still on it, 3 when refused."""
+    extra = {"node": args.node, "migrate_only": args.migrate_only, "force": args.force, "parallel": args.parallel,
+             "eviction_timeout": args.eviction_timeout, "transfer": args.transfer, "timeout": args.timeout,
+             "node_deadline": args.node_deadline}
+    if args.share:
+        extra["share"] = args.share
+    result = run_migrate_playbook(with_identity(extra, args), args, playbook="drain.yml")
+    report = result.get("report") or {}
+    if report.get("result") == "drained":
+        code = OK
+    elif report.get("result") == "refused" or (result.get("msg") or "").startswith("refused"):
+        code = REFUSED
+    else:
+        code = NOT_STARTED
+    if args.json:
+        print(json.dumps({"result": report.get("result"), "exit_code": code, "message": result.get("msg") or
+                          report.get("summary"), "report": report}, indent=2))
+        return code
+    for pod in report.get("pods") or []:
+        moved = pod["outcome"] == "moved"
+        where = f" to {pod['to']} as {pod['now']}, frozen {pod['downtime_seconds']:.2f} s" if moved else ""
+        print(f"{pod['pod']}: {pod['outcome']}{where}" + (f" ({pod['why']})" if pod.get("why") else ""))
+    print(result.get("msg") if result.get("failed") else report.get("summary"),
+          file=sys.stderr if result.get("failed") else sys.stdout)
+    return code
+
+
 def cmd_recover(args):
     """Finish or roll back the migrations whose controller went away (killed, its machine or
     its SSH lost), of one pod or of every pod, from the journal each left in its pod's
@@ -159,15 +195,14 @@ def with_identity(extra, args):
     return {**extra, **{key: getattr(args, key) for key in ("kubeconfig", "context") if getattr(args, key, None)}}
 
 
-def run_migrate_playbook(extra, args):
-    """The migrate task's result of migrate.yml run with ``extra``, its progress shown."""
+def run_migrate_playbook(extra, args, playbook="migrate.yml"):
+    """The engine's task's result of ``playbook`` run with ``extra``, its progress shown."""
     out = sys.stderr if args.json else sys.stdout
     with tempfile.TemporaryDirectory(prefix="podmigrate-") as work:
         path = os.path.join(work, "progress")
         open(path, "w").close()
-        playbook = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-        command = [playbook if os.path.exists(playbook) else "ansible-playbook", "migrate.yml",
-                   "-e", json.dumps(extra)]
+        ansible = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+        command = [ansible if os.path.exists(ansible) else "ansible-playbook", playbook, "-e", json.dumps(extra)]
         if args.inventory:
             command += ["-i", args.inventory]
         follower = progress.Follower(path, out).start()
@@ -295,9 +330,10 @@ def add_command(sub, name, func, summary):
     return p
 
 
-def migration_options(p):
-    """The options of a move (podmigrate migrate, kubectl migrate pod)."""
-    p.add_argument("--to", metavar="NODE", help="target node (default: a Ready node with room)")
+def migration_options(p, target=True):
+    """The options of a move (podmigrate migrate, kubectl migrate pod; without --to, of a drain)."""
+    if target:
+        p.add_argument("--to", metavar="NODE", help="target node (default: the Ready node with the most room)")
     p.add_argument("--transfer", choices=["direct", "share"], default="direct",
                    help="direct: node to node over SSH, the memory streamed as it is dumped; share: one "
                    "archive through a share both nodes reach")
@@ -309,6 +345,18 @@ def migration_options(p):
     p.add_argument("--node-deadline", type=int, default=120, metavar="SECONDS",
                    help="should this controller die and no one run podmigrate recover: how long after its last "
                    "word the source node settles the migration by itself (as the target's verdict says)")
+
+
+def drain_options(p):
+    """The options of a drain (podmigrate drain, kubectl migrate drain)."""
+    p.add_argument("--migrate-only", action="store_true", help="leave the pods that cannot move instead of "
+                   "evicting them")
+    p.add_argument("--force", action="store_true", help="evict also a pod that cannot move and that no "
+                   "controller would start again (it is deleted for good)")
+    p.add_argument("--parallel", type=int, default=2, metavar="N", help="migrations at once")
+    p.add_argument("--eviction-timeout", type=int, default=300, metavar="SECONDS",
+                   help="how long to keep asking to evict a pod its PodDisruptionBudget protects")
+    migration_options(p, target=False)
 
 
 def parser():
@@ -327,6 +375,13 @@ def parser():
                    "the local cluster)")
     p.add_argument("--json", action="store_true", help="print the result and the report as JSON on stdout "
                    "(the progress goes to stderr)")
+
+    p = command("drain", cmd_drain, "empty a node by migrating its pods, their memory intact")
+    p.add_argument("node", metavar="NODE", help="the node to empty")
+    drain_options(p)
+    p.add_argument("-i", "--inventory", help="Ansible inventory (default: ANSIBLE_INVENTORY, else ansible.cfg's: "
+                   "the local cluster)")
+    p.add_argument("--json", action="store_true", help="print the result and the report as JSON on stdout")
 
     p = command("recover", cmd_recover, "finish or roll back migrations whose controller went away")
     p.add_argument("pod", nargs="?", metavar="NAMESPACE/NAME", help="only this pod's (default: every pod's)")

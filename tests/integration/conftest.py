@@ -28,6 +28,12 @@ from integration.nodes import (
 )
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that reboot the nodes (marker ``reboots``) run last: every other test sees
+    the nodes as site.yml left them."""
+    items.sort(key=lambda item: item.get_closest_marker("reboots") is not None)
+
+
 @pytest.fixture(scope="session")
 def decoy():
     """A test host of our own in a network namespace, not on the nodes' bridge."""

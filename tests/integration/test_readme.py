@@ -69,8 +69,11 @@ def test_a_new_user_walks_the_readme_after_make_demo(api, cluster):
         assert walk.returncode == 0, out[-4000:] + walk.stderr[-4000:]
         # kubectl found and pointed at the cluster: the counter, Running
         assert re.search(r"^counter\S*\s+1/1\s+Running", out, re.M), out[:3000]
-        # moved three times more (the CLI, the playbook, the kubectl plugin), each saying so
+        # moved three times more (the CLI, the playbook, the kubectl plugin), each saying so,
+        # then once more by the drain of its node, which ended uncordoned
         assert out.count("migrated in") >= 3, out[-4000:]
+        assert re.search(r"^default/counter\S*: moved to \S+ as default/counter-", out, re.M), out[-4000:]
+        assert not any(n.spec.unschedulable for n in api.list_node().items)
         # every move recorded (the demo's and the walk's two) and listed by `podmigrate reports`
         # (the benchmark's own moves come after it)
         listed = re.findall(r"^(\d{14}-[0-9a-f]{6})\s+default/counter\s+\S+ -> \S+\s+(\S+)", out, re.M)

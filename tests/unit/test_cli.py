@@ -50,7 +50,7 @@ def test_version_names_the_collection_and_the_commit():
 def test_help_shows_every_command_the_exit_codes_and_each_options_default():
     res = podmigrate("--help")
     assert res.returncode == 0
-    for word in ("migrate", "reports", "nodes", "env", "3  refused, nothing changed", "6  migrated, but"):
+    for word in ("migrate", "drain", "reports", "nodes", "env", "3  refused, nothing changed", "6  migrated, but"):
         assert word in res.stdout, word
     sub = podmigrate("migrate", "--help")
     assert "(default: direct)" in sub.stdout and "(default: 600)" in sub.stdout
@@ -245,13 +245,25 @@ def kubectl_migrate(*argv, env=None, timeout=300):
 def test_the_kubectl_plugin_has_kubectls_conventions_and_podmigrates_help():
     top = kubectl_migrate("--help")
     assert top.returncode == 0 and top.stdout.startswith("usage: kubectl migrate")
-    for word in ("pod", "recover", "reports"):
+    for word in ("pod", "drain", "recover", "reports"):
         assert word in top.stdout
     sub = kubectl_migrate("pod", "--help")
     for option in ("-n NAMESPACE", "--kubeconfig", "--context", "-o {text,json}", "--to NODE", "(default: 600)"):
         assert option in sub.stdout, option
     assert kubectl_migrate("pod").returncode == 2
     assert kubectl_migrate("pod", "counter", "-o", "yaml").returncode == 2
+    sub = kubectl_migrate("drain", "--help")
+    for option in ("--kubeconfig", "--context", "-o {text,json}", "--migrate-only", "--force", "(default: 2)"):
+        assert option in sub.stdout, option
+    assert "--to" not in sub.stdout and "-n NAMESPACE" not in sub.stdout
+    assert kubectl_migrate("drain").returncode == 2
+
+
+def test_a_drain_without_an_api_server_fails_before_anything_changed(nowhere):
+    res = podmigrate("drain", "pm-w1", "-i", nowhere, "--json")
+    assert res.returncode == 1, res.stdout + res.stderr
+    answer = json.loads(res.stdout)
+    assert answer["exit_code"] == 1 and answer["message"].startswith("drain of pm-w1 failed: "), answer
 
 
 def test_the_kubectl_plugin_takes_the_namespace_from_the_context_and_the_kubeconfig_it_is_given(tmp_path, nowhere):

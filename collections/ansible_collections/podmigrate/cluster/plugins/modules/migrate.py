@@ -24,6 +24,7 @@ description:
     or the refusal); with I(recover), the migrations it would recover.
 version_added: "0.1.0"
 author: podmigrate contributors (!UNKNOWN)
+extends_documentation_fragment: podmigrate.cluster.engine
 options:
   pod:
     description:
@@ -42,73 +43,10 @@ options:
     type: bool
     default: false
   target:
-    description: Node to move it to; empty to pick a Ready node with room.
-    type: str
-  transfer:
-    description: How checkpoints travel from the source node to the target.
-    type: str
-    choices: [direct, share]
-    default: direct
-  share:
     description:
-      - For C(transfer=share), what the checkpoints go through.
-      - C(dir) is I(share_dir), a directory every node mounts.
-      - C(smb) is the SMB share (Azure Files, Samba) each node's helper reaches with the
-        smbprotocol library, as configured on the node by the migration_node role
-        (C(migration_node_smb_server)). The source uploads each archive and reads it back
-        from the share; the target takes it only when it is there whole, with the size and
-        sha256 sent, and checks both again after its download, before any restore starts.
-        Both nodes are checked to reach the share before anything changes.
+      - Node to move it to; empty to pick the Ready node with the most room (memory, then
+        CPU) that the pod may run on.
     type: str
-    choices: [dir, smb]
-    default: dir
-  share_dir:
-    description: For C(transfer=share) and C(share=dir), the directory every node mounts.
-    type: str
-    default: /var/lib/podmigrate/share
-  nodes:
-    description:
-      - How to reach each node over SSH, by Kubernetes node name, as Ansible reaches it
-        (C(host), C(user), C(port), C(key), C(ssh_args)), and whether Ansible becomes root there
-        (C(become), C(become_method), C(become_user)); the engine's node commands then run
-        through C(sudo -n). A node reached as another user than root without become, or with
-        a become method other than sudo, is refused before anything changes.
-    type: dict
-    required: true
-  kubeconfig:
-    description: Kubeconfig of the cluster.
-    type: path
-    required: true
-  context:
-    description: Context of the kubeconfig to use (default its current context).
-    type: str
-  helper:
-    description:
-      - The directory of the node helper's sources (C(podmigrate_node/) and
-        C(podmigrate_runtime.py), roles/migration_node/files); a node whose helper is not the
-        one built from them is refused.
-    type: path
-  report_dir:
-    description: Directory of the JSON reports.
-    type: path
-  progress_file:
-    description:
-      - File the engine appends its progress to while it runs, one JSON object per line
-        (C(module_utils/migration/progress.py)); default the file named by the environment
-        variable C(PODMIGRATE_PROGRESS_FILE), which the C(podmigrate.cluster.progress)
-        callback sets to show the progress in the playbook's output.
-    type: path
-  timeout:
-    description: Seconds allowed to each of checkpoint, transfer and restore.
-    type: int
-    default: 600
-  node_deadline:
-    description:
-      - Seconds after the controller's last word (its lock's heartbeat, every few seconds)
-        when the source node settles the migration by itself, should no controller ever come
-        back (C(podmigrate-node watch); C(docs/migration.md)).
-    type: int
-    default: 120
   profile:
     description:
       - The cluster's runtime profile (C(podmigrate_profile)). C(upstream) freezes the pod,
@@ -149,13 +87,9 @@ reports:
 """
 
 
-import json
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, plan, remote, seedfork
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import transfer as transfers
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, plan, seedfork
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.controller import ARGUMENT_SPEC, Controller
 
 
 def main():
@@ -164,63 +98,22 @@ def main():
             "pod": {"type": "str"},
             "recover": {"type": "bool", "default": False},
             "target": {"type": "str"},
-            "transfer": {"type": "str", "choices": list(transfers.TRANSFERS), "default": "direct"},
-            "share": {"type": "str", "choices": list(transfers.SHARES), "default": "dir"},
-            "share_dir": {"type": "str", "default": "/var/lib/podmigrate/share"},
-            "nodes": {"type": "dict", "required": True},
-            "kubeconfig": {"type": "path", "required": True},
-            "context": {"type": "str"},
-            "helper": {"type": "path"},
-            "report_dir": {"type": "path"},
-            "progress_file": {"type": "path"},
-            "timeout": {"type": "int", "default": 600},
-            "node_deadline": {"type": "int", "default": engine.NODE_DEADLINE},
             "profile": {"type": "str", "choices": list(plan.PROFILES), "default": plan.UPSTREAM},
+            **ARGUMENT_SPEC,
         },
         required_if=[("recover", False, ["pod"])],
         supports_check_mode=True,
     )
     p = module.params
-    try:
-        from kubernetes import config
-    except ImportError:
-        module.fail_json(msg="the kubernetes Python client is needed on the controller (requirements.txt)")
-
-    def connect():
-        return config.new_client_from_config(config_file=p["kubeconfig"], context=p["context"])
-
-    # where the progress goes: the file asked for (scripts/podmigrate), else the one the
-    # podmigrate.cluster.progress callback follows for the playbook's output
-    progress_file = p["progress_file"] or os.environ.get("PODMIGRATE_PROGRESS_FILE")
-
-    def progress(event):
-        if progress_file:
-            try:
-                with open(progress_file, "a") as f:
-                    f.write(json.dumps(event) + "\n")
-            except OSError:
-                pass  # whoever followed it went away: the migration goes on
-
-    # the version of the helper built from the controller's sources (what the nodes must run)
-    helper_digest = nodehelper.digest(p["helper"]) if p["helper"] else None
-    node_keys = ("host", "user", "port", "key", "ssh_args", "become", "become_method", "become_user")
-    specs = {name: {k: v for k, v in spec.items() if k in node_keys and v is not None}
-             for name, spec in p["nodes"].items()}
-    problems = [x for name, spec in specs.items() for x in remote.connection_problems(name, **spec)]
-    if problems:
-        module.fail_json(msg="refused, nothing changed: " + "; ".join(problems), problems=problems, report={})
-    nodes = {name: remote.Node(name, **spec) for name, spec in specs.items()}
+    ctl = Controller(module)
     job = None
     if p["recover"]:
-        recover(module, connect, nodes, progress, helper_digest)
+        recover(module, ctl)
     try:
         namespace, name = engine.parse_pod(p["pod"])
-        api = connect()
+        api = ctl.connect()
         engine_class = seedfork.migration_class(p["profile"])
-        job = engine_class(api, nodes, namespace, name, target=p["target"] or None, transfer=p["transfer"],
-                           share_dir=p["share_dir"], share=p["share"], report_dir=p["report_dir"],
-                           progress=progress, helper_digest=helper_digest, timeout=p["timeout"],
-                           node_deadline=p["node_deadline"])
+        job = engine_class(api, ctl.nodes, namespace, name, target=p["target"] or None, **ctl.migration_options())
         if module.check_mode:  # validate only, and say what would happen
             report = job.plan_only()
             module.exit_json(changed=report["result"] == "would migrate", report=report)
@@ -249,21 +142,21 @@ def main():
     module.exit_json(changed=report["result"] == "migrated", report=report)
 
 
-def recover(module, connect, nodes, progress, helper_digest):
+def recover(module, ctl):
     p = module.params
     namespace = name = None
     if p["pod"]:
         namespace, name = engine.parse_pod(p["pod"])
     if module.check_mode:
-        api = connect()
+        api = ctl.connect()
         left = engine.unfinished(api, namespace, name)
         module.exit_json(changed=bool(left), reports=[], report={
             "result": "would recover" if left else "nothing to recover", "unfinished": left,
             "summary": "would recover: " + "; ".join(left) if left else "nothing to recover"})
     try:
-        api = connect()
-        reports = engine.recover(api, nodes, namespace, name, report_dir=p["report_dir"], progress=progress,
-                                 helper_digest=helper_digest)
+        api = ctl.connect()
+        reports = engine.recover(api, ctl.nodes, namespace, name, report_dir=p["report_dir"], progress=ctl.progress,
+                                 helper_digest=ctl.helper_digest)
     except plan.MigrationError as exc:
         module.fail_json(msg="refused, nothing changed: " + "; ".join(exc.problems), problems=exc.problems,
                          report={"result": "refused"})

@@ -1,0 +1,167 @@
+"""Draining a node by migration on the local cluster: drain.yml, podmigrate drain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import ROOT, run_playbook
+from kubernetes import client, config
+
+from integration.test_migrate import WORKERS, ask, counter_pod, delete_pod, leftovers, wait_ready
+
+pytestmark = pytest.mark.nodes
+
+
+@pytest.fixture(scope="module")
+def api(cluster):
+    return client.CoreV1Api(config.new_client_from_config(str(cluster["state"] / "kubeconfig")))
+
+
+def deployment(name, replicas, pod):
+    return client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1DeploymentSpec(replicas=replicas, selector=client.V1LabelSelector(match_labels={"app": name}),
+                                     template=client.V1PodTemplateSpec(metadata=pod.metadata, spec=pod.spec)))
+
+
+def on_node(api, node, app):
+    return sorted(p.metadata.name for p in api.list_namespaced_pod("default", label_selector=f"app={app}").items
+                  if p.spec.node_name == node and p.metadata.deletion_timestamp is None)
+
+
+def cli_drain(cluster, node, *options):
+    """``podmigrate drain NODE --json [OPTIONS]``: (exit code, its JSON answer)."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "drain", node,
+                          "-i", str(cluster["inventory"]), "--json", *options],
+                         capture_output=True, text=True, timeout=900, check=False)
+    assert run.stdout.strip(), run.stderr[-3000:]
+    return run.returncode, json.loads(run.stdout)
+
+
+@pytest.fixture
+def workloads(api, cluster):
+    """On the first worker: a Deployment of two counters, a bare counter, a DaemonSet's pod,
+    and three pods that cannot move (a hostPath): a Deployment's, one a PodDisruptionBudget
+    protects, and a bare one."""
+    w1 = WORKERS[0]
+    apps, policy = client.AppsV1Api(api.api_client), client.PolicyV1Api(api.api_client)
+    pin = {"kubernetes.io/hostname": w1}
+    host = {"volumes": [client.V1Volume(name="host", host_path=client.V1HostPathVolumeSource(path="/tmp"))],
+            "volume_mounts": [client.V1VolumeMount(name="host", mount_path="/host")]}
+    apps.create_namespaced_deployment("default", deployment(
+        "drain-app", 2, counter_pod("drain-app", None, labels={"app": "drain-app"}, node_selector=pin)))
+    apps.create_namespaced_deployment("default", deployment(
+        "drain-evictable", 1, counter_pod("drain-evictable", None, memory_mib=0, node_selector=pin, **host)))
+    apps.create_namespaced_deployment("default", deployment(
+        "drain-guarded", 1, counter_pod("drain-guarded", None, memory_mib=0, node_selector=pin, **host)))
+    policy.create_namespaced_pod_disruption_budget("default", client.V1PodDisruptionBudget(
+        metadata=client.V1ObjectMeta(name="drain-guarded"),
+        spec=client.V1PodDisruptionBudgetSpec(min_available=1, selector=client.V1LabelSelector(
+            match_labels={"app": "drain-guarded"}))))
+    agent = counter_pod("drain-agent", None, memory_mib=0)
+    apps.create_namespaced_daemon_set("default", client.V1DaemonSet(
+        metadata=client.V1ObjectMeta(name="drain-agent"),
+        spec=client.V1DaemonSetSpec(selector=client.V1LabelSelector(match_labels={"app": "drain-agent"}),
+                                    template=client.V1PodTemplateSpec(metadata=agent.metadata, spec=agent.spec))))
+    api.create_namespaced_pod("default", counter_pod("drain-bare", w1))
+    api.create_namespaced_pod("default", counter_pod("drain-stuck", w1, memory_mib=0, **host))
+    apps_names = ("drain-app", "drain-evictable", "drain-guarded")
+    try:
+        deadline = time.monotonic() + 180
+        for app, count in (("drain-app", 2), ("drain-evictable", 1), ("drain-guarded", 1), ("drain-agent", 1)):
+            while len([p for p in api.list_namespaced_pod("default", label_selector=f"app={app}").items
+                       if p.spec.node_name == w1 and p.status.phase == "Running"
+                       and all(s.ready for s in p.status.container_statuses or [False])]) < count:
+                assert time.monotonic() < deadline, f"{app} never got ready on {w1}"
+                time.sleep(0.5)
+        for name in ("drain-bare", "drain-stuck"):
+            wait_ready(api, name)
+        yield apps
+    finally:
+        api.patch_node(w1, {"spec": {"unschedulable": None}})
+        for name in apps_names:
+            apps.delete_namespaced_deployment(name, "default", propagation_policy="Foreground")
+        apps.delete_namespaced_daemon_set("drain-agent", "default", propagation_policy="Foreground")
+        try:
+            policy.delete_namespaced_pod_disruption_budget("drain-guarded", "default")
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        for pod in api.list_namespaced_pod("default").items:
+            if (pod.metadata.labels or {}).get("app") in ("drain-bare", "drain-stuck") or \
+                    (pod.metadata.annotations or {}).get("podmigrate.io/migrated-from", "").startswith("drain-"):
+                delete_pod(api, pod.metadata.name)
+        deadline = time.monotonic() + 90
+        while any((p.metadata.labels or {}).get("app", "").startswith("drain-")
+                  for p in api.list_namespaced_pod("default").items) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_changes_nothing(
+        api, cluster, workloads):
+    w1, w2 = WORKERS
+    apps = workloads
+    before = {}
+    for pod in api.list_namespaced_pod("default", label_selector="app in (drain-app, drain-bare)").items:
+        url = f"http://{pod.status.pod_ip}:8080"
+        before[pod.metadata.name] = (int(ask(cluster, url + "/")), ask(cluster, url + "/checksum"))
+    app_pods = set(on_node(api, w1, "drain-app"))
+
+    # check mode says what would happen and changes nothing
+    check = run_playbook("drain.yml", cluster["inventory"], extra_vars={"node": w1}, options=("--check",))
+    assert check.rc == 0 and check.changed() == 1, check.output[-3000:]
+    assert "would move to" in check.output and "would be evicted" in check.output, check.output[-3000:]
+    assert not api.read_node(w1).spec.unschedulable
+
+    code, answer = cli_drain(cluster, w1, "--eviction-timeout", "6")
+    report = answer["report"]
+    outcomes = {e["pod"].split("/")[1]: e for e in report["pods"]}
+    assert api.read_node(w1).spec.unschedulable, "the drained node must stay cordoned"
+    # a pod no controller would start again, and one its budget protects, are still there
+    assert code == 1 and report["result"] == "not drained", answer
+    moved = {name: e for name, e in outcomes.items() if e["outcome"] == "moved"}
+    assert set(moved) == {*app_pods, "drain-bare"}, outcomes
+    for name, e in moved.items():
+        assert e["to"] == w2 and e["downtime_seconds"] > 0, e
+        now = api.read_namespaced_pod(e["now"].split("/")[1], "default")
+        assert now.spec.node_name == w2 and now.status.phase == "Running"
+        url = f"http://{now.status.pod_ip}:8080"
+        count, checksum = before[name]
+        assert int(ask(cluster, url + "/")) > count, f"{name}'s count did not go on"
+        assert ask(cluster, url + "/checksum") == checksum
+    # the Deployment's two pods are the moved ones: nothing started afresh in their place
+    assert {p.metadata.name for p in api.list_namespaced_pod("default", label_selector="app=drain-app").items} == \
+        {e["now"].split("/")[1] for name, e in moved.items() if name in app_pods}
+    def outcome_of(app):
+        return next(e for name, e in outcomes.items() if name.startswith(app + "-") or name == app)
+
+    assert outcome_of("drain-evictable")["outcome"] == "evicted", outcomes
+    assert "hostPath" in outcome_of("drain-evictable")["why"]
+    guarded, stuck, agent = outcome_of("drain-guarded"), outcome_of("drain-stuck"), outcome_of("drain-agent")
+    assert guarded["outcome"] == "left" and "PodDisruptionBudget" in guarded["why"], guarded
+    assert stuck["outcome"] == "left" and "--force" in stuck["why"], stuck
+    assert agent["outcome"] == "left" and "DaemonSet drain-agent" in agent["why"], agent
+    assert on_node(api, w1, "drain-evictable") == []
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+    # the budget lifted and --force given: the node ends empty but for the DaemonSet's pod
+    client.PolicyV1Api(api.api_client).delete_namespaced_pod_disruption_budget("drain-guarded", "default")
+    run = run_playbook("drain.yml", cluster["inventory"], extra_vars={"node": w1, "force": "true"})
+    assert run.rc == 0, run.output[-3000:]
+    left = [p.metadata.name for p in api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={w1}").items
+            if p.metadata.deletion_timestamp is None]
+    assert [n for n in left if not n.startswith("drain-agent")] == [], left
+    again = run_playbook("drain.yml", cluster["inventory"], extra_vars={"node": w1})
+    assert again.rc == 0 and again.changed() == 0, again.output[-3000:]
+    assert apps.read_namespaced_deployment_status("drain-app", "default").status.ready_replicas == 2
+
+
+def test_a_node_that_does_not_exist_is_refused_before_anything_changes(api, cluster):
+    code, answer = cli_drain(cluster, "nosuchnode")
+    assert code == 3, answer
+    assert "node 'nosuchnode' not found" in answer["message"]
+    assert not any(n.spec.unschedulable for n in api.list_node().items)
