@@ -126,12 +126,18 @@ def test_the_migration_engine_has_an_identity_of_its_own_allowed_only_what_a_mig
              ("delete", "leases", "coordination.k8s.io"), ("list", "leases", "coordination.k8s.io"),
              # a ReplicaSet's pod handed over at the commit (its cost, its owner)
              ("patch", "pods"), ("update", "replicasets", "apps", "finalizers"),
+             # a Job's pod handed over: the guard (a policy and its binding, for a moment)
+             ("update", "jobs", "batch", "finalizers"),
+             ("create", "validatingadmissionpolicies", "admissionregistration.k8s.io", None, None),
+             ("delete", "validatingadmissionpolicybindings", "admissionregistration.k8s.io", None, None),
              # a drain: the cordon, and the eviction of what cannot move
              ("patch", "nodes", "", None, None), ("create", "pods", "", "eviction")]
     assert [n for n in needs if not allowed(*n)] == []
     never = [("get", "secrets"), ("list", "secrets"), ("create", "pods", "", "exec"), ("get", "nodes", "", "proxy"),
              ("update", "pods"), ("update", "pods", "", "status"), ("delete", "nodes"), ("update", "nodes"),
-             ("update", "replicasets", "apps"), ("patch", "deployments", "apps"),
+             ("update", "replicasets", "apps"), ("patch", "deployments", "apps"), ("update", "jobs", "batch"),
+             ("update", "validatingadmissionpolicies", "admissionregistration.k8s.io", None, None),
+             ("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", None, None),
              ("create", "clusterrolebindings", "rbac.authorization.k8s.io"), ("get", "configmaps"),
              ("create", "serviceaccounts", "", "token")]
     assert [n for n in never if allowed(*n)] == []

@@ -10,10 +10,10 @@ import time
 import pytest
 from helpers import run_playbook
 from kubernetes import client, config
+from kubernetes.stream import stream
 
 from integration.nodes import node_run
-from integration.test_drain import deployment
-from integration.test_migrate import WORKERS, ask, counter_pod
+from integration.test_migrate import WORKERS, busybox_on, compute_job, computed
 
 pytestmark = [pytest.mark.nodes, pytest.mark.reboots]
 
@@ -28,19 +28,27 @@ def booted(cluster, node):
     return int(node_run(cluster, node, "cut -d' ' -f22 /proc/1/stat").strip())
 
 
-def test_a_rolling_reboot_of_the_workers_moves_a_deployments_counter_twice_and_it_counts_on(api, cluster):
-    apps = client.AppsV1Api(api.api_client)
+def test_a_rolling_reboot_of_the_workers_moves_a_running_job_twice_and_it_ends_with_the_right_result(
+        api, cluster, tmp_path):
+    """A Job computing in memory on the first worker while maintain.yml reboots both
+    workers: its pod moves off each before its reboot, and the Job completes with the
+    result of an undisturbed run, counting no failure (its work is sped up once the roll
+    is done: a file in the container, which changes when it ends, not what it computes)."""
+    batch = client.BatchV1Api(api.api_client)
     w1, w2 = WORKERS
-    apps.create_namespaced_deployment("default", deployment(
-        "kept", 1, counter_pod("kept", None, node_selector={"kubernetes.io/hostname": w1})))
+    image = "localhost/podmigrate/busybox:maintained"
+    busybox_on(cluster, w1, image, tmp_path)
+    steps = 6000  # five minutes at 50 ms a step: longer than the roll
+    batch.create_namespaced_job("default", compute_job("maintained", w1, image, steps=steps))
     try:
-        deadline = time.monotonic() + 120
-        while (apps.read_namespaced_deployment_status("kept", "default").status.ready_replicas or 0) < 1:
-            assert time.monotonic() < deadline, "the Deployment's pod never got ready"
-            time.sleep(0.5)
-        pod = api.list_namespaced_pod("default", label_selector="app=kept").items[0]
-        original, url = pod.metadata.name, f"http://{pod.status.pod_ip}:8080"
-        count, checksum = int(ask(cluster, url + "/")), ask(cluster, url + "/checksum")
+        deadline = time.monotonic() + 60
+        while True:
+            pods = api.list_namespaced_pod("default", label_selector="job-name=maintained").items
+            if pods and pods[0].status.phase == "Running":
+                break
+            assert time.monotonic() < deadline, [(p.metadata.name, p.status.phase) for p in pods]
+            time.sleep(0.2)
+        original = pods[0].metadata.name
         boots = {node: booted(cluster, node) for node in WORKERS}
         reports = cluster["state"] / "reports"
         before = set(reports.glob("*.json"))
@@ -51,25 +59,34 @@ def test_a_rolling_reboot_of_the_workers_moves_a_deployments_counter_twice_and_i
         assert all(booted(cluster, node) != boots[node] for node in WORKERS), "a worker was not rebooted"
         nodes = {n.metadata.name: n for n in api.list_node().items}
         assert not any(nodes[w].spec.unschedulable for w in WORKERS), "a worker was left cordoned"
-        pods = api.list_namespaced_pod("default", label_selector="app=kept").items
-        assert len(pods) == 1, [p.metadata.name for p in pods]
+        pods = api.list_namespaced_pod("default", label_selector="job-name=maintained").items
+        assert len(pods) == 1 and pods[0].status.phase == "Running", [(p.metadata.name, p.status.phase) for p in pods]
         now = pods[0]
         assert (now.metadata.annotations or {}).get("podmigrate.io/migrated-from") == original
-        url = f"http://{now.status.pod_ip}:8080"
-        assert int(ask(cluster, url + "/")) > count, "the counter started again instead of going on"
-        assert ask(cluster, url + "/checksum") == checksum
         # moved off each worker before its reboot: twice, and never started afresh
         moves = [json.loads(p.read_text()) for p in set(reports.glob("*.json")) - before]
         mine = [m for m in moves if m["pod"].startswith(f"default/{original}")]
         assert sorted((m["source"], m["target"], m["result"]) for m in mine) == \
             sorted([(w1, w2, "migrated"), (w2, w1, "migrated")]), mine
-        print(f"\nrolling reboot: the Deployment's pod frozen {[m['frozen_seconds'] for m in mine]} s")
-        status = apps.read_namespaced_deployment_status("kept", "default").status
-        assert status.ready_replicas == 1
+        print(f"\nrolling reboot: the Job's pod frozen {[m['frozen_seconds'] for m in mine]} s")
+
+        stream(api.connect_get_namespaced_pod_exec, now.metadata.name, "default",
+               command=["/bin/sh", "-c", ": > /tmp/fast"], stderr=True, stdout=True)
+        deadline = time.monotonic() + 120
+        job = batch.read_namespaced_job("maintained", "default")
+        while not job.status.succeeded:
+            assert not job.status.failed, f"the Job counted a failure: {job.status}"
+            assert time.monotonic() < deadline, job.status
+            time.sleep(1)
+            job = batch.read_namespaced_job("maintained", "default")
+        assert not job.status.failed and job.status.succeeded == 1, job.status
+        done = api.read_namespaced_pod(now.metadata.name, "default")
+        assert done.status.container_statuses[0].state.terminated.message.strip() == computed(0, steps)
     finally:
-        apps.delete_namespaced_deployment("kept", "default", propagation_policy="Foreground")
+        batch.delete_namespaced_job("maintained", "default", propagation_policy="Foreground")
         deadline = time.monotonic() + 60
-        while api.list_namespaced_pod("default", label_selector="app=kept").items and time.monotonic() < deadline:
+        while api.list_namespaced_pod("default", label_selector="job-name=maintained").items and \
+                time.monotonic() < deadline:
             time.sleep(0.5)
 
 

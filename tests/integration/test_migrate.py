@@ -828,6 +828,109 @@ def test_a_deployments_pod_moves_and_the_deployment_never_starts_nor_deletes_ano
             time.sleep(0.5)
 
 
+COMPUTE_STEPS = 400
+
+
+def compute_script(steps=COMPUTE_STEPS):
+    """A Job's work: a hash chain kept only in the shell's memory, ``steps`` steps of 50 ms
+    (none once /tmp/fast exists), seeded by the pod's completion index (0 when it has none);
+    its result goes to the termination message."""
+    return (f"i=0; s=$((JOB_COMPLETION_INDEX + 7)); while [ $i -lt {steps} ]; do "
+            "s=$(( (s * 31 + i) % 1000000007 )); i=$((i + 1)); [ -e /tmp/fast ] || sleep 0.05; done; "
+            "echo result=$s > /dev/termination-log")
+
+
+def compute_job(name, node, image, **spec):
+    """A Job running compute_script on ``node`` (its pin by hostname, which a migration overrides)."""
+    steps = spec.pop("steps", COMPUTE_STEPS)
+    container = client.V1Container(name="compute", image=image, image_pull_policy="Never",
+                                   command=["/bin/sh", "-c", compute_script(steps)],
+                                   resources=client.V1ResourceRequirements(requests={"cpu": "10m", "memory": "16Mi"}))
+    return client.V1Job(metadata=client.V1ObjectMeta(name=name), spec=client.V1JobSpec(
+        backoff_limit=0, **spec, template=client.V1PodTemplateSpec(spec=client.V1PodSpec(
+            containers=[container], restart_policy="Never", termination_grace_period_seconds=1,
+            node_selector={"kubernetes.io/hostname": node}))))
+
+
+def busybox_on(cluster, node, image, tmp_path):
+    write_busybox_image(tmp_path / "busybox.tar", image, ("sh", "sleep"))
+    scp(cluster["state"], tmp_path / "busybox.tar", NODES[node][0], "/tmp/busybox.tar")
+    node_run(cluster, node, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
+
+
+def computed(index, steps=COMPUTE_STEPS):
+    """What the Job's pod of ``index`` computes, undisturbed."""
+    s = index + 7
+    for i in range(steps):
+        s = (s * 31 + i) % 1000000007
+    return f"result={s}"
+
+
+def test_an_indexed_jobs_pod_moves_mid_run_and_the_job_completes_as_if_undisturbed(api, cluster, tmp_path):
+    """An indexed Job of two pods, each computing in memory for about 20 s: index 0 moves
+    mid-run. Watched all along: no pod but the two and the restored one ever exists; the
+    Job ends Complete with both indexes, no failure, and each result is what an undisturbed
+    run computes."""
+    w1, w2 = WORKERS
+    batch = client.BatchV1Api(api.api_client)
+    image = "localhost/podmigrate/busybox:compute"
+    busybox_on(cluster, w1, image, tmp_path)
+    batch.create_namespaced_job("default", compute_job("computed", w1, image, completions=2, parallelism=2,
+                                                       completion_mode="Indexed"))
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            pods = api.list_namespaced_pod("default", label_selector="job-name=computed").items
+            seen.update(p.metadata.name for p in pods)
+            time.sleep(0.1)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            pods = api.list_namespaced_pod("default", label_selector="job-name=computed").items
+            if len(pods) == 2 and all(p.status.phase == "Running" for p in pods):
+                break
+            assert time.monotonic() < deadline, [(p.metadata.name, p.status.phase) for p in pods]
+            time.sleep(0.2)
+        moving = next(p for p in pods if p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "0")
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(3)  # well into its work
+        run = migrate(cluster, f"default/{moving.metadata.name}", target=w2)
+        assert run.rc == 0, run.output[-5000:]
+        moved = current(api, moving.metadata.name)
+        assert moved.spec.node_name == w2
+        job = batch.read_namespaced_job("computed", "default")
+        assert [(r.kind, r.uid) for r in moved.metadata.owner_references] == [("Job", job.metadata.uid)]
+        deadline = time.monotonic() + 180
+        while not job.status.succeeded or job.status.succeeded < 2:
+            assert not job.status.failed, f"the Job counted a failure: {job.status}"
+            assert time.monotonic() < deadline, job.status
+            time.sleep(1)
+            job = batch.read_namespaced_job("computed", "default")
+        stop.set()
+        watcher.join()
+        assert not job.status.failed and job.status.completed_indexes == "0,1", job.status
+        assert any(c.type == "Complete" and c.status == "True" for c in job.status.conditions), job.status
+        pods = api.list_namespaced_pod("default", label_selector="job-name=computed").items
+        assert seen == {p.metadata.name for p in pods} | {moving.metadata.name}, f"another pod was started: {seen}"
+        results = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]:
+                   p.status.container_statuses[0].state.terminated.message.strip() for p in pods}
+        assert results == {"0": computed(0), "1": computed(1)}, results
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+        report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
+        print(f"\nindexed Job: the moved pod frozen {report['frozen_seconds']} s, "
+              f"its hand-over guard applied in {report.get('guard_seconds')} s")
+    finally:
+        stop.set()
+        batch.delete_namespaced_job("computed", "default", propagation_policy="Foreground")
+        deadline = time.monotonic() + 60
+        while api.list_namespaced_pod("default", label_selector="job-name=computed").items and \
+                time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 def holdings(cluster):
     return {w: {k: int(node_run(cluster, w, cmd).strip() or 0) for k, cmd in HOLDINGS.items()} for w in WORKERS}
 
@@ -1274,7 +1377,7 @@ def test_redis_keeps_every_key_without_a_persistence_file(api, cluster, tmp_path
 def refusals(api, cluster, tmp_path_factory):
     """Pods that must not move, each for its own reason."""
     w1, w2 = WORKERS
-    jobs = client.BatchV1Api(api.api_client)
+    apps = client.AppsV1Api(api.api_client)
     image = tmp_path_factory.mktemp("refusals") / "busybox.tar"
     write_busybox_image(image, BUSYBOX, ("sh",))
     scp(cluster["state"], image, NODES[w1][0], "/tmp/busybox.tar")
@@ -1312,11 +1415,13 @@ def refusals(api, cluster, tmp_path_factory):
     pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
     for pod in pods.values():
         api.create_namespaced_pod("default", pod)
-    template = counter_pod("owned", w1, labels={"app": "owned"}, restart_policy="Never")
-    jobs.create_namespaced_job("default", client.V1Job(
+    template = counter_pod("owned", None, labels={"app": "owned"}, node_selector={"kubernetes.io/hostname": w1})
+    apps.create_namespaced_stateful_set("default", client.V1StatefulSet(
         metadata=client.V1ObjectMeta(name="owned"),
-        spec=client.V1JobSpec(template=client.V1PodTemplateSpec(
-            metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
+        spec=client.V1StatefulSetSpec(service_name="owned", replicas=1,
+                                      selector=client.V1LabelSelector(match_labels={"app": "owned"}),
+                                      template=client.V1PodTemplateSpec(
+                                          metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
     try:
         for name in ("hostnet", "hostpath", "big", "filler", "pinned", "mptcp", "unixpair"):
             wait_ready(api, name)
@@ -1324,12 +1429,14 @@ def refusals(api, cluster, tmp_path_factory):
         while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
             assert time.monotonic() < deadline
             time.sleep(0.5)
-        owned = api.list_namespaced_pod("default", label_selector="app=owned").items
-        wait_ready(api, owned[0].metadata.name)
-        yield {"owned": owned[0].metadata.name}
+        while not api.list_namespaced_pod("default", label_selector="app=owned").items:
+            assert time.monotonic() < deadline + 60, "the StatefulSet never made its pod"
+            time.sleep(0.5)
+        wait_ready(api, "owned-0")
+        yield {"owned": "owned-0"}
     finally:
         api.patch_node(w1, {"metadata": {"labels": {"podmigrate.test/disk": None}}})
-        jobs.delete_namespaced_job("owned", "default", propagation_policy="Foreground")
+        apps.delete_namespaced_stateful_set("owned", "default", propagation_policy="Foreground")
         for name in pods:
             delete_pod(api, name)
 
@@ -1342,7 +1449,7 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/big", "WORKER1", "already runs on"),
     ("default/done", "WORKER2", "is Succeeded, not Running"),
     ("default/hostnet", "WORKER2", "uses the host's network"),
-    ("default/OWNED", "WORKER2", "is managed by Job owned: migrating its pods is not supported yet"),
+    ("default/OWNED", "WORKER2", "is managed by StatefulSet owned: migrating its pods is not supported yet"),
     ("default/big", "WORKER2", "has no room"),
     ("default/big", None, "no node can take pod default/big"),
     ("default/pinned", "WORKER2", "does not have the label podmigrate.test/disk=ssd of the pod's nodeSelector"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import manifest, plan
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import guard, manifest, plan
 
 
 def node(name, ready=True, cpu="2", memory="4Gi", cordoned=False):
@@ -93,16 +93,16 @@ def test_room_counts_the_pods_already_on_the_target_but_not_finished_ones():
 
 def test_every_problem_of_the_pod_is_listed_at_once():
     bad = pod(phase="Pending", hostNetwork=True, volumes=[{"name": "data", "hostPath": {"path": "/srv"}}])
-    bad["metadata"]["ownerReferences"] = [{"kind": "Job", "name": "web-1", "controller": True}]
+    bad["metadata"]["ownerReferences"] = [{"kind": "StatefulSet", "name": "web-1", "controller": True}]
     with pytest.raises(plan.MigrationError) as err:
         plan.plan(bad, NODES, {}, target="w2")
     assert len(err.value.problems) == 4, err.value.problems
     text = str(err.value)
-    for expected in ("Pending, not Running", "host's network", "Job web-1", "hostPath"):
+    for expected in ("Pending, not Running", "host's network", "StatefulSet web-1", "hostPath"):
         assert expected in text
 
 
-@pytest.mark.parametrize("kind", ["ReplicaSet", "ReplicationController"])
+@pytest.mark.parametrize("kind", ["ReplicaSet", "ReplicationController", "Job"])
 def test_a_pod_of_a_replica_set_moves_and_one_of_its_owners_that_does_not_control_it_is_no_bar(kind):
     owned = pod()
     owned["metadata"]["ownerReferences"] = [{"kind": "ConfigMap", "name": "notes"},
@@ -412,3 +412,19 @@ def test_a_node_address_must_be_an_ip_address_before_it_reaches_authorized_keys(
     assert plan.node_address(n, "w1.example") == "w1.example"  # the inventory's host name
     with pytest.raises(plan.MigrationError, match="neither an IP address nor a host name"):
         plan.node_address(n, "w1 *")
+
+
+def test_the_job_hand_over_guard_refuses_only_that_jobs_new_pods_in_its_namespace_for_one_migration():
+    body, binding = guard.policy("20261205-abc123", "team-a", "job-uid")
+    assert body["metadata"]["name"] == binding["metadata"]["name"] == binding["spec"]["policyName"] == \
+        "podmigrate-20261205-abc123"
+    assert body["spec"]["failurePolicy"] == "Fail"
+    assert body["spec"]["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+    rule = body["spec"]["validations"][0]
+    assert "r.uid == 'job-uid'" in rule["expression"]
+    assert f"object.metadata.annotations['{manifest.RESTORE_ANNOTATION}'] == '20261205-abc123'" in rule["expression"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-a"}}}
+

@@ -28,6 +28,7 @@ import threading
 import time
 
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import (
+    guard,
     lock,
     manifest,
     plan,
@@ -47,6 +48,11 @@ API_SECONDS = 30  # the longest one call to the API server may take
 # lives (podmigrate-node watch), should no controller ever come back: longer than a Lease's
 # lapse and a recovery, which normally come first
 NODE_DEADLINE = 120
+
+
+# a Job's pod: the finalizer by which the Job counts its end, and the labels its selector matches
+JOB_FINALIZER = "batch.kubernetes.io/job-tracking"
+JOB_SELECTOR_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 
 
 class ApiUnreachable(Exception):
@@ -169,6 +175,62 @@ class Migration(Runner):
             self.hand_over(name, owner)
 
     def hand_over(self, name, owner):
+        """The restored pod ``name`` made its controller's (``owner``), as its kind needs."""
+        if owner["kind"] == "Job":
+            self.hand_over_to_job(name, owner)
+        else:
+            self.hand_over_to_replica_set(name, owner)
+
+    def hand_over_to_job(self, name, owner):
+        """The commit of a Job's pod, before the source is deleted. The source first stops
+        being the Job's: its ownerReference, its tracking finalizer (so the Job never counts
+        it, as failed or at all) and the label the Job's selector matches (so the Job does
+        not adopt it again) go in one patch. Then the restored pod, which the Lease
+        controlled so far, becomes the Job's, with the tracking finalizer (so its end is
+        counted). The other order would give the Job two active pods of one index, and it
+        keeps the older. Between the two the Job counts none and would start one afresh:
+        a guard (guard.py) refuses that create for the moment (the Job syncs a second after
+        a pod event, so it normally sees both changes at once)."""
+        source, restored = self.read_pod(self.name, self.uid), self.read_pod(name)
+        release = source is not None and plan.controller_of(source) is not None
+        adopt = restored is not None and restored["metadata"].get("ownerReferences") != [owner]
+        creations = guard.CreationGuard(self.api_client, self.namespace, self.id, owner, log=self.log)
+        if not (release or adopt):  # done before: by this commit (the cleanup), or by one that died after
+            creations.remove()
+            return
+        self.report["guard_seconds"] = creations.install()
+        if release:
+            meta = source["metadata"]
+            ops = [{"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
+                   {"op": "remove", "path": "/metadata/ownerReferences"},
+                   {"op": "add", "path": "/metadata/finalizers",
+                    "value": [f for f in meta.get("finalizers") or [] if f != JOB_FINALIZER]}]
+            ops += [{"op": "replace", "path": "/metadata/labels/" + key.replace("/", "~1"), "value": "podmigrate-moved"}
+                    for key in JOB_SELECTOR_LABELS if key in (meta.get("labels") or {})]
+            self.core.patch_namespaced_pod(self.name, self.namespace, ops)
+        if adopt:
+            finalizers = restored["metadata"].get("finalizers") or []
+            self.core.patch_namespaced_pod(name, self.namespace, [
+                {"op": "test", "path": "/metadata/uid", "value": restored["metadata"]["uid"]},
+                {"op": "replace", "path": "/metadata/ownerReferences", "value": [owner]},
+                {"op": "add", "path": "/metadata/finalizers",
+                 "value": finalizers + ([] if JOB_FINALIZER in finalizers else [JOB_FINALIZER])}])
+            self.report["handed_over"] = f"{owner['kind']} {owner['name']}"
+        creations.remove()
+
+    def read_pod(self, name, uid=None):
+        """Pod ``name`` (only the one with ``uid``, when given) as a dict, or None."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            pod = self.as_dict(self.core.read_namespaced_pod(name, self.namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return pod if uid in (None, pod["metadata"]["uid"]) else None
+
+    def hand_over_to_replica_set(self, name, owner):
         """The commit of a pod of a ReplicaSet, before the source is deleted: the restored pod
         ``name``, which the migration's Lease controlled so that the ReplicaSet would neither
         count nor adopt it, is made the ReplicaSet's (``owner``, the source's controlling
@@ -183,13 +245,8 @@ class Migration(Runner):
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
-        try:
-            restored = self.as_dict(self.core.read_namespaced_pod(name, self.namespace))
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
-        if restored["metadata"].get("ownerReferences") == [owner]:
+        restored = self.read_pod(name)
+        if restored is None or restored["metadata"].get("ownerReferences") == [owner]:
             return
         self.core.patch_namespaced_pod(name, self.namespace, [
             {"op": "test", "path": "/metadata/uid", "value": restored["metadata"]["uid"]},
@@ -418,6 +475,9 @@ class Migration(Runner):
         problems += [f"image {image} is on neither node: node {self.target.name} lacks it and the "
                      f"source's containerd no longer has it to bring" for image in lost]
         problems += self.carrier.problems()
+        owner = plan.controller_of(pod)
+        if owner and owner.get("kind") == "Job":
+            problems += guard.CreationGuard(self.api_client, self.namespace, self.id, owner).problems()
         if problems:
             raise MigrationError(problems)
         self.containers = [c["name"] for c in pod["spec"]["containers"]]

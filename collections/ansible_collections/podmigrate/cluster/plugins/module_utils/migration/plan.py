@@ -16,7 +16,7 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.manif
 
 # the controllers whose pods move: the restored pod is handed to the source's controller at the
 # commit (engine.Migration.hand_over; docs/migration.md says why that never doubles nor loses one)
-HANDED_OVER = ("ReplicaSet", "ReplicationController")
+HANDED_OVER = ("ReplicaSet", "ReplicationController", "Job")
 CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTPE]i?|e\d+|)$")
 MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -145,7 +145,7 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
                         "it stays with its node")
     elif owner and owner.get("kind") not in HANDED_OVER:
         problems.append(f"pod {ref} is managed by {owner.get('kind')} {owner.get('name')}: migrating its pods is "
-                        f"not supported yet (those of a {', '.join(HANDED_OVER)} or Deployment are)")
+                        "not supported yet (those of a ReplicaSet, Deployment, ReplicationController or Job are)")
     problems += _volume_problems(pod, claims)
     if target is not None:
         if target not in nodes:
