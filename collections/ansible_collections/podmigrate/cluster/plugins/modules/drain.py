@@ -72,7 +72,7 @@ report:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import plan
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.controller import ARGUMENT_SPEC, Controller
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.drain import Drain
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.drain import Drain, staying
 
 
 def main():
@@ -104,8 +104,7 @@ def main():
         module.exit_json(changed=report["changes"], report=report)
     if report["result"] == "not drained":
         module.fail_json(msg=report["summary"] + "; not drained: " + "; ".join(
-            f"{e['pod']} {e['outcome']}: {e.get('why', '')}" for e in report["pods"]
-            if e["outcome"] in ("left", "failed") and not e.get("belongs_to_node") and not e.get("going")),
+            f"{e['pod']} {e['outcome']}: {e.get('why', '')}" for e in staying(report["pods"])),
             changed=drain.changed, report=report)
     module.exit_json(changed=drain.changed, report=report)
 

@@ -26,17 +26,6 @@ MOVED, EVICTED, LEFT, FAILED = "moved", "evicted", "left", "failed"
 EVICTION_RETRY_SECONDS = 5  # kubectl drain's
 
 
-def belongs_to_node(pod):
-    """Why ``pod`` stays with its node whatever a drain does (kubectl drain's own rule), or None."""
-    meta = pod.get("metadata") or {}
-    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
-        return "a static pod's mirror: it belongs to the node's kubelet"
-    owner = plan.controller_of(pod) or {}
-    if owner.get("kind") == "DaemonSet":
-        return f"DaemonSet {owner.get('name')}'s pod: it belongs to the node"
-    return None
-
-
 class Drain:
     def __init__(self, api_client, nodes, node, migrate_only=False, force=False, parallel=2, eviction_timeout=300,
                  progress=None, **migration):
@@ -94,7 +83,7 @@ class Drain:
         cordoned = False if check else self.cordon()
         stay, move = [], []
         for pod in self.pods():
-            why = belongs_to_node(pod)
+            why = plan.belongs_to_node(pod)
             if why:
                 stay.append(entry(pod, LEFT, why=why))
             elif pod["metadata"].get("deletionTimestamp"):
@@ -139,9 +128,7 @@ class Drain:
         """(Check mode) what a drain would do, changing nothing: each pod's plan."""
         _cordoned, entries, move = self.plan(check=True)
         for pod in move:
-            meta = pod["metadata"]
-            job = engine.Migration(self.api_client, {n: copy.copy(x) for n, x in self.nodes.items()},
-                                   meta["namespace"], meta["name"], **self.migration)
+            job = self.migration_of(pod)
             try:
                 report = job.plan_only()
                 entries.append(entry(pod, "would move", to=report.get("target")))
@@ -161,20 +148,23 @@ class Drain:
 
     def report(self, entries, seconds):
         entries.sort(key=lambda e: e["pod"])
-        stays = [e for e in entries if e["outcome"] in (LEFT, FAILED)
-                 and not e.get("belongs_to_node") and not e.get("going")]
+        stays = staying(entries)
         counts = {k: sum(1 for e in entries if e["outcome"] == k) for k in (MOVED, EVICTED, LEFT, FAILED)}
         summary = (f"node {self.node}: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
                    if entries else f"node {self.node}: no pod on it")
         return {"node": self.node, "result": "not drained" if stays else "drained", "pods": entries,
                 "counts": counts, "seconds": round(seconds, 3), "summary": summary}
 
-    def migrate(self, pod):
-        """The pod moved (its own engine.Migration, with SSH connections of its own)."""
-        meta = pod["metadata"]
+    def migration_of(self, pod, **options):
+        """An engine.Migration of ``pod``, with SSH connections of its own (they run side by side)."""
         nodes = {name: copy.copy(node) for name, node in self.nodes.items()}
-        job = engine.Migration(self.api_client, nodes, meta["namespace"], meta["name"], progress=self.progress,
-                               **self.migration)
+        return engine.Migration(self.api_client, nodes, pod["metadata"]["namespace"], pod["metadata"]["name"],
+                                **options, **self.migration)
+
+    def migrate(self, pod):
+        """The pod moved."""
+        meta = pod["metadata"]
+        job = self.migration_of(pod, progress=self.progress)
         try:
             report = job.run()
         except plan.MigrationError as exc:
@@ -227,6 +217,12 @@ class Drain:
         return entry(pod, EVICTED, why=why)
 
 
+def staying(entries):
+    """The entries of the pods a drain leaves on the node that do not belong to it."""
+    return [e for e in entries
+            if e["outcome"] in (LEFT, FAILED) and not e.get("belongs_to_node") and not e.get("going")]
+
+
 def pod_busy(problems):
     """Whether a refusal is a migration of the pod under way: never evicted meanwhile."""
     return any(" is being migrated: " in p for p in problems)
@@ -236,6 +232,6 @@ def entry(pod, outcome, **details):
     meta = pod["metadata"]
     out = {"pod": f"{meta['namespace']}/{meta['name']}", "outcome": outcome,
            **{k: v for k, v in details.items() if v is not None}}
-    if outcome == LEFT and belongs_to_node(pod):
+    if outcome == LEFT and plan.belongs_to_node(pod):
         out["belongs_to_node"] = True
     return out

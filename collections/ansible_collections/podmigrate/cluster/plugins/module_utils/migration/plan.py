@@ -136,13 +136,10 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
     if spec.get("runtimeClassName") not in (None, RUNTIME_CLASS):
         problems.append(f"pod {ref} runs under RuntimeClass {spec['runtimeClassName']}: only pods runc runs "
                         f"(the default runtime or {RUNTIME_CLASS}) can be checkpointed")
-    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
-        problems.append(f"pod {ref} is a static pod of node {source}'s kubelet (its mirror here): it belongs "
-                        "to that node")
     owner = controller_of(pod) or {}
-    if owner.get("kind") == "DaemonSet":
-        problems.append(f"pod {ref} belongs to DaemonSet {owner.get('name')}, which runs one pod on each node: "
-                        "it stays with its node")
+    stays = belongs_to_node(pod)
+    if stays:
+        problems.append(f"pod {ref} {stays}")
     elif owner and owner.get("kind") not in HANDED_OVER:
         problems.append(f"pod {ref} is managed by {owner.get('kind')} {owner.get('name')}: migrating its pods is "
                         "not supported yet (those of a ReplicaSet, Deployment, ReplicationController or Job are)")
@@ -175,6 +172,19 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
 def controller_of(pod):
     """The pod's controlling ownerReference (a dict), or None."""
     return next((o for o in (pod.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")), None)
+
+
+def belongs_to_node(pod):
+    """Why ``pod`` stays with its node, whatever asks it to move (a migration, a drain), or
+    None: a static pod's mirror, a DaemonSet's pod."""
+    meta = pod.get("metadata") or {}
+    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+        return (f"is a static pod of node {(pod.get('spec') or {}).get('nodeName')}'s kubelet (its mirror here): "
+                "it belongs to that node")
+    owner = controller_of(pod) or {}
+    if owner.get("kind") == "DaemonSet":
+        return f"belongs to DaemonSet {owner.get('name')}, which runs one pod on each node: it stays with its node"
+    return None
 
 
 def _target_problems(pod, node, pods_on_node):
