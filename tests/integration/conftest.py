@@ -69,6 +69,12 @@ def cluster(tmp_path_factory):
     """Two real nodes built by site.yml; torn down by teardown.yml, which must leave nothing."""
     if os.geteuid() != 0:
         pytest.fail("the local-node tests need root (systemd-nspawn, bridges)")
+    kept = os.environ.get("PODMIGRATE_TEST_CLUSTER")
+    if kept:  # a developer's cluster, built, updated and torn down by hand (docs/testing.md); never in CI
+        work = Path(kept)
+        yield {"state": work / "state", "inventory": work / "hosts.yml", "first": None, "work": work,
+               "cgroups_before": host_cgroup_mounts()}
+        return
     work = tmp_path_factory.mktemp("local-nodes")
     work.chmod(0o755)
     state = work / "state"

@@ -128,6 +128,8 @@ def test_the_migration_engine_has_an_identity_of_its_own_allowed_only_what_a_mig
              ("patch", "pods"), ("update", "replicasets", "apps", "finalizers"),
              # a Job's pod handed over: the guard (a policy and its binding, for a moment)
              ("update", "jobs", "batch", "finalizers"),
+             # a StatefulSet's restored pod, created with its ownerReference
+             ("update", "statefulsets", "apps", "finalizers"),
              ("create", "validatingadmissionpolicies", "admissionregistration.k8s.io", None, None),
              ("delete", "validatingadmissionpolicybindings", "admissionregistration.k8s.io", None, None),
              # a drain: the cordon, and the eviction of what cannot move
@@ -136,6 +138,7 @@ def test_the_migration_engine_has_an_identity_of_its_own_allowed_only_what_a_mig
     never = [("get", "secrets"), ("list", "secrets"), ("create", "pods", "", "exec"), ("get", "nodes", "", "proxy"),
              ("update", "pods"), ("update", "pods", "", "status"), ("delete", "nodes"), ("update", "nodes"),
              ("update", "replicasets", "apps"), ("patch", "deployments", "apps"), ("update", "jobs", "batch"),
+             ("update", "statefulsets", "apps"),
              ("update", "validatingadmissionpolicies", "admissionregistration.k8s.io", None, None),
              ("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", None, None),
              ("create", "clusterrolebindings", "rbac.authorization.k8s.io"), ("get", "configmaps"),

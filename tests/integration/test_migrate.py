@@ -464,12 +464,12 @@ def kill_tree(pid):
             os.kill(p, signal.SIGKILL)
 
 
-def kill_mid_phase(cluster, target, phase, *options):
-    """``podmigrate migrate`` of the counter, killed whole as it tells that ``phase``
+def kill_mid_phase(cluster, target, phase, *options, pod="default/counter"):
+    """``podmigrate migrate`` of ``pod`` (the counter), killed whole as it tells that ``phase``
     begins, as a controller dies; its SSH masters (which outlive it) ended. The
     migration's id."""
     before = set(Path("/tmp").glob("podmigrate-*"))
-    cli = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/counter",
+    cli = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", pod,
                             "--to", target, "-i", str(cluster["inventory"]), "--json", *options],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     told = []
@@ -490,8 +490,8 @@ def kill_mid_phase(cluster, target, phase, *options):
     return told[-1].split("]", 1)[0].lstrip("[")
 
 
-def recover(cluster):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "recover", "default/counter",
+def recover(cluster, pod="default/counter"):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "recover", pod,
                           "-i", str(cluster["inventory"]), "--json"],
                          capture_output=True, text=True, timeout=900, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -828,6 +828,182 @@ def test_a_deployments_pod_moves_and_the_deployment_never_starts_nor_deletes_ano
             time.sleep(0.5)
 
 
+def hostname_of(cluster, node, pod):
+    """The host name the pod's container sees (its UTS namespace), read on its node."""
+    uid = pod.metadata.uid
+    return node_run(cluster, node, (
+        f"for p in $(pgrep -x counter); do grep -qE '{uid}|{uid.replace('-', '_')}' /proc/$p/cgroup && "
+        "nsenter -t $p -u hostname; done")).strip()
+
+
+@pytest.fixture(scope="class")
+def web(api, cluster):
+    """A StatefulSet's web-0 on the first worker, counting into a file on a ReadWriteMany
+    claim (a directory every node mounts), behind a headless Service; removed, its files too,
+    once the tests of its class are done (the share transfer's tests find the share empty)."""
+    apps = client.AppsV1Api(api.api_client)
+    share = "/var/lib/podmigrate/share/web-data"
+    api.create_persistent_volume(client.V1PersistentVolume(
+        metadata=client.V1ObjectMeta(name="podmigrate-test-web-data"),
+        spec=client.V1PersistentVolumeSpec(
+            capacity={"storage": "1Gi"}, access_modes=["ReadWriteMany"], storage_class_name="podmigrate-test-shared",
+            persistent_volume_reclaim_policy="Retain",
+            host_path=client.V1HostPathVolumeSource(path=share, type="DirectoryOrCreate"))))
+    api.create_namespaced_service("default", client.V1Service(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1ServiceSpec(cluster_ip="None", selector={"app": "web"},
+                                  ports=[client.V1ServicePort(port=8080)])))
+    template = counter_pod("web", None, labels={"app": "web"}, node_selector={"kubernetes.io/hostname": WORKERS[0]},
+                           volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")])
+    template.spec.containers[0].env += [client.V1EnvVar(name="LOG_FILE", value="/data/counts"),
+                                        client.V1EnvVar(name="READ_FILE", value="/data/counts")]
+    apps.create_namespaced_stateful_set("default", client.V1StatefulSet(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1StatefulSetSpec(
+            service_name="web", replicas=1, selector=client.V1LabelSelector(match_labels={"app": "web"}),
+            template=client.V1PodTemplateSpec(metadata=template.metadata, spec=template.spec),
+            volume_claim_templates=[client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name="data"),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadWriteMany"], storage_class_name="podmigrate-test-shared",
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"})))])))
+    try:
+        deadline = time.monotonic() + 120
+        while not api.list_namespaced_pod("default", label_selector="app=web").items:
+            assert time.monotonic() < deadline, "the StatefulSet never made its pod"
+            time.sleep(0.5)
+        first = wait_ready(api, "web-0")
+        yield {"apps": apps, "first": first,
+               "revision": apps.read_namespaced_stateful_set_status("web", "default").status.update_revision}
+    finally:
+        apps.delete_namespaced_stateful_set("web", "default", propagation_policy="Foreground")
+        deadline = time.monotonic() + 60
+        while api.list_namespaced_pod("default", label_selector="app=web").items and time.monotonic() < deadline:
+            time.sleep(0.5)
+        api.delete_namespaced_service("web", "default")
+        with contextlib.suppress(client.ApiException):
+            api.delete_namespaced_persistent_volume_claim("data-web-0", "default")
+        with contextlib.suppress(client.ApiException):
+            api.delete_persistent_volume("podmigrate-test-web-data")
+        node_run(cluster, WORKERS[0], f"rm -rf {share}")
+
+
+def web_state(cluster, pod):
+    """(the count web-0 gives now, its memory's checksum, the counts in its file)."""
+    url = f"http://{pod.status.pod_ip}:8080"
+    return int(ask(cluster, url + "/")), ask(cluster, url + "/checksum"), ask(cluster, url + "/read").split()
+
+
+def assert_web_whole(api, cluster, web, node, checksum):
+    """web-0 runs on ``node`` with its memory, every count it acknowledged in its file once,
+    its StatefulSet's revision unchanged, no guard left, nothing on the nodes."""
+    pod = wait_ready(api, "web-0")
+    assert pod.spec.node_name == node
+    count, now, counts = web_state(cluster, pod)
+    assert now == checksum and counts == [str(n) for n in range(1, count + 1)]
+    deadline = time.monotonic() + 30
+    while True:
+        status = web["apps"].read_namespaced_stateful_set_status("web", "default").status
+        if status.ready_replicas == 1 and status.current_revision == status.update_revision == web["revision"]:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+    admission = client.AdmissionregistrationV1Api(api.api_client)
+    assert admission.list_validating_admission_policy(label_selector="app.kubernetes.io/managed-by=podmigrate").items \
+        == []
+    return pod, count
+
+
+class TestStatefulSet:
+    """A StatefulSet's pod, web-0 (the fixture ``web``, shared by these tests)."""
+
+    def test_a_statefulsets_pod_moves_keeping_its_name_hostname_claim_and_memory_and_a_failed_move_restores_it_home(
+            self, api, cluster, web):
+        """web-0: a move whose restore fails on the target after the source pod was deleted
+        restores it on its own node from the checkpoint; then it moves. Watched all along: the
+        StatefulSet never starts web-0 afresh (every pod but the first is a migration's), and
+        never a second pod. web-0 keeps its name, host name, claim, memory and every count
+        (the file holds each acknowledged count once); no new revision is rolled out."""
+        w1, w2 = WORKERS
+        first = web["first"]
+        before, checksum, _ = web_state(cluster, first)
+        seen, stop = [], threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                pods = api.list_namespaced_pod("default", label_selector="app=web").items
+                seen.append([(p.metadata.uid, (p.metadata.annotations or {}).get("podmigrate.io/restore"))
+                             for p in pods])
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            # the restore fails on the target: the pod is restored on its source node
+            node_run(cluster, w2, BREAK["fails"][0])
+            try:
+                run = migrate(cluster, "default/web-0", target=w2)
+            finally:
+                node_run(cluster, w2, BREAK["fails"][1])
+            assert run.rc != 0 and "rolled back" in run.output, run.output[-5000:]
+            home, count = assert_web_whole(api, cluster, web, w1, checksum)
+            report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
+            assert report["restored_at_source"] == {"node": w1, "uid": home.metadata.uid}, report
+            assert home.metadata.uid != first.metadata.uid and count > before
+
+            # and now it moves
+            run = migrate(cluster, "default/web-0", target=w2)
+            assert run.rc == 0, run.output[-5000:]
+        finally:
+            stop.set()
+            watcher.join()
+        moved, last = assert_web_whole(api, cluster, web, w2, checksum)
+        assert last > count
+        sts = web["apps"].read_namespaced_stateful_set("web", "default")
+        assert [(r.kind, r.name, r.uid, r.controller) for r in moved.metadata.owner_references] == \
+            [("StatefulSet", "web", sts.metadata.uid, True)]
+        assert (moved.spec.hostname, moved.spec.subdomain) == ("web-0", "web")
+        assert hostname_of(cluster, w2, moved) == "web-0"
+        assert [v.persistent_volume_claim.claim_name for v in moved.spec.volumes if v.persistent_volume_claim] == \
+            ["data-web-0"]
+        # every pod ever seen but the first was a migration's (the failed one's on the target
+        # too): the StatefulSet never started web-0 afresh, and there was never a second pod
+        made = {uid: restore for pods in seen for uid, restore in pods}
+        assert {home.metadata.uid, moved.metadata.uid} <= set(made)
+        assert [uid for uid, restore in made.items() if not restore] == [first.metadata.uid]
+        assert max(len(pods) for pods in seen) == 1
+        report = json.loads(sorted((cluster["state"] / "reports").glob("*.json"))[-1].read_text())
+        again = migrate(cluster, "default/web-0", target=w2)
+        assert again.rc == 0 and again.changed() == 0, again.output[-3000:]
+        print(f"\nStatefulSet: web-0 frozen {report['frozen_seconds']} s, of which its replacement "
+              f"{report['phases']['replace']} s (guard, before the freeze: {report['guard_seconds']} s)")
+
+
+    def test_a_statefulsets_migration_whose_controller_dies_after_the_source_went_is_restored_home_by_recover(
+            self, api, cluster, web):
+        """The controller killed once web-0's source pod was deleted and its restored pod
+        created, the target's restore failing: web-0 is absent (the guard keeps its StatefulSet
+        from starting it afresh) until podmigrate recover restores it on its own node from the
+        checkpoint, with its memory and every count."""
+        source = wait_ready(api, "web-0")
+        target = next(w for w in WORKERS if w != source.spec.node_name)
+        _, checksum, _ = web_state(cluster, source)
+        node_run(cluster, target, BREAK["fails"][0])
+        try:
+            kill_mid_phase(cluster, target, "restore", pod="default/web-0")
+            time.sleep(5)  # the StatefulSet tries, and is refused
+            pods = api.list_namespaced_pod("default", label_selector="app=web").items
+            assert [(p.spec.node_name, (p.metadata.annotations or {}).get("podmigrate.io/restore") is not None)
+                    for p in pods] in ([], [(target, True)])
+            (report,) = recover(cluster, "default/web-0")
+        finally:
+            node_run(cluster, target, BREAK["fails"][1])
+        assert report["recovery"]["decision"] == "back", report["recovery"]
+        home, _ = assert_web_whole(api, cluster, web, source.spec.node_name, checksum)
+        assert report["restored_at_source"] == {"node": source.spec.node_name, "uid": home.metadata.uid}
+
+
 COMPUTE_STEPS = 400
 
 
@@ -1051,11 +1227,16 @@ def test_the_targets_disk_full_during_the_move_rolls_back_to_the_source(api, clu
     try:
         filler = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[target][0]}",
                                    f"until ls -d {migrations}/2* >/dev/null 2>&1; do sleep 0.02; done; "
+                                   # only ever the test's own filesystem, never the node's (the host's) disk
+                                   f"mountpoint -q {migrations} && "
                                    f"fallocate -l $(( $(df -B1 --output=avail {migrations} | tail -n 1) - 1048576 )) "
                                    f"{migrations}/.fill"], stderr=subprocess.PIPE, text=True)
         answer = answer_of(cli_migrate(cluster, "default/counter", target))
         assert filler.wait(timeout=60) == 0, filler.stderr.read()
     finally:
+        if filler.poll() is None:  # the migration never made its directory: the filler waits on
+            filler.kill()
+            node_run(cluster, target, "pkill -f 'until l[s] -d /var/lib/podmigrate/migrations' || true")
         node_run(cluster, target, f"rm -f {migrations}/.fill; umount {migrations}")
     assert answer["result"] == "rolled back" and answer["exit_code"] == 4, answer
     assert "No space left on device" in answer["message"], answer["message"]
@@ -1377,7 +1558,6 @@ def test_redis_keeps_every_key_without_a_persistence_file(api, cluster, tmp_path
 def refusals(api, cluster, tmp_path_factory):
     """Pods that must not move, each for its own reason."""
     w1, w2 = WORKERS
-    apps = client.AppsV1Api(api.api_client)
     image = tmp_path_factory.mktemp("refusals") / "busybox.tar"
     write_busybox_image(image, BUSYBOX, ("sh",))
     scp(cluster["state"], image, NODES[w1][0], "/tmp/busybox.tar")
@@ -1415,28 +1595,23 @@ def refusals(api, cluster, tmp_path_factory):
     pods["hostnet"].spec.containers[0].readiness_probe.http_get.port = 18080
     for pod in pods.values():
         api.create_namespaced_pod("default", pod)
-    template = counter_pod("owned", None, labels={"app": "owned"}, node_selector={"kubernetes.io/hostname": w1})
-    apps.create_namespaced_stateful_set("default", client.V1StatefulSet(
-        metadata=client.V1ObjectMeta(name="owned"),
-        spec=client.V1StatefulSetSpec(service_name="owned", replicas=1,
-                                      selector=client.V1LabelSelector(match_labels={"app": "owned"}),
-                                      template=client.V1PodTemplateSpec(
-                                          metadata=client.V1ObjectMeta(labels={"app": "owned"}), spec=template.spec))))
+    # a pod some controller podmigrate does not know controls (a ConfigMap stands for it)
+    owner = api.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner")))
+    pods["owned"] = counter_pod("owned", w1)
+    pods["owned"].metadata.owner_references = [client.V1OwnerReference(
+        api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid, controller=True)]
+    api.create_namespaced_pod("default", pods["owned"])
     try:
-        for name in ("hostnet", "hostpath", "big", "filler", "pinned", "mptcp", "unixpair"):
+        for name in ("hostnet", "hostpath", "big", "filler", "pinned", "mptcp", "unixpair", "owned"):
             wait_ready(api, name)
         deadline = time.monotonic() + 60
         while api.read_namespaced_pod("done", "default").status.phase != "Succeeded":
             assert time.monotonic() < deadline
             time.sleep(0.5)
-        while not api.list_namespaced_pod("default", label_selector="app=owned").items:
-            assert time.monotonic() < deadline + 60, "the StatefulSet never made its pod"
-            time.sleep(0.5)
-        wait_ready(api, "owned-0")
-        yield {"owned": "owned-0"}
+        yield
     finally:
         api.patch_node(w1, {"metadata": {"labels": {"podmigrate.test/disk": None}}})
-        apps.delete_namespaced_stateful_set("owned", "default", propagation_policy="Foreground")
+        api.delete_namespaced_config_map("owner", "default")
         for name in pods:
             delete_pod(api, name)
 
@@ -1449,7 +1624,7 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/big", "WORKER1", "already runs on"),
     ("default/done", "WORKER2", "is Succeeded, not Running"),
     ("default/hostnet", "WORKER2", "uses the host's network"),
-    ("default/OWNED", "WORKER2", "is managed by StatefulSet owned: migrating its pods is not supported yet"),
+    ("default/owned", "WORKER2", "is managed by ConfigMap owner: migrating its pods is not supported"),
     ("default/big", "WORKER2", "has no room"),
     ("default/big", None, "no node can take pod default/big"),
     ("default/pinned", "WORKER2", "does not have the label podmigrate.test/disk=ssd of the pod's nodeSelector"),
@@ -1458,7 +1633,6 @@ def refusals(api, cluster, tmp_path_factory):
     ("default/unixpair", "WORKER2", "containers listener and talker are connected by 1 unix socket connection(s)"),
 ])
 def test_bad_input_is_refused_before_anything_changes(api, cluster, refusals, pod, target, expected):
-    pod = pod.replace("OWNED", refusals["owned"])
     target = {"WORKER1": WORKERS[0], "WORKER2": WORKERS[1]}.get(target, target)
     before = sorted((p.metadata.name, p.metadata.uid, p.spec.node_name, p.status.phase)
                     for p in api.list_namespaced_pod("default").items)

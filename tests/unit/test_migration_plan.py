@@ -93,16 +93,17 @@ def test_room_counts_the_pods_already_on_the_target_but_not_finished_ones():
 
 def test_every_problem_of_the_pod_is_listed_at_once():
     bad = pod(phase="Pending", hostNetwork=True, volumes=[{"name": "data", "hostPath": {"path": "/srv"}}])
-    bad["metadata"]["ownerReferences"] = [{"kind": "StatefulSet", "name": "web-1", "controller": True}]
+    bad["metadata"]["ownerReferences"] = [{"kind": "Workflow", "name": "web-1", "controller": True}]
     with pytest.raises(plan.MigrationError) as err:
         plan.plan(bad, NODES, {}, target="w2")
     assert len(err.value.problems) == 4, err.value.problems
     text = str(err.value)
-    for expected in ("Pending, not Running", "host's network", "StatefulSet web-1", "hostPath"):
+    for expected in ("Pending, not Running", "host's network", "Workflow web-1: migrating its pods is not "
+                     "supported", "hostPath"):
         assert expected in text
 
 
-@pytest.mark.parametrize("kind", ["ReplicaSet", "ReplicationController", "Job"])
+@pytest.mark.parametrize("kind", ["ReplicaSet", "ReplicationController", "Job", "StatefulSet"])
 def test_a_pod_of_a_replica_set_moves_and_one_of_its_owners_that_does_not_control_it_is_no_bar(kind):
     owned = pod()
     owned["metadata"]["ownerReferences"] = [{"kind": "ConfigMap", "name": "notes"},
@@ -179,6 +180,21 @@ def test_a_replica_sets_restored_pod_is_the_leases_until_the_commit_and_never_th
     # the lowest cost is the source's alone at the commit: the ReplicaSet deletes it, not this one
     assert restored["metadata"]["annotations"][manifest.DELETION_COST] == str(manifest.LOWEST_COST + 1)
     assert "ownerReferences" not in manifest.restored_pod(pod(), "w2", "m-abc", "abc")["metadata"]
+
+
+def test_a_statefulsets_restored_pod_keeps_the_name_and_is_the_statefulsets_from_the_start():
+    source = pod(name="web-0")
+    source["spec"].update(hostname="web-0", subdomain="web")
+    source["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web",
+                                              "uid": "sts", "controller": True, "blockOwnerDeletion": True}]
+    restored = manifest.restored_pod(source, "w2", "m-abc", "abc", keep_name=True)
+    assert restored["metadata"]["name"] == "web-0"
+    assert restored["metadata"]["ownerReferences"] == source["metadata"]["ownerReferences"]
+    assert restored["metadata"]["ownerReferences"] is not source["metadata"]["ownerReferences"]
+    assert restored["metadata"]["annotations"][manifest.RESTORE_ANNOTATION] == "m-abc"
+    assert restored["metadata"]["annotations"][manifest.ORIGINAL_NAME] == "web-0"
+    assert (restored["spec"]["hostname"], restored["spec"]["subdomain"], restored["spec"]["nodeName"]) == \
+        ("web-0", "web", "w2")
 
 
 def test_a_long_name_is_cut_to_fit_with_its_suffix():
@@ -393,6 +409,10 @@ def test_room_for_the_checkpoint_is_counted_on_both_nodes_for_each_transfer():
     problems = plan.room_problems(4 * GiB, GiB, "share", free, ("w2", 8 * GiB))
     assert [p.split(" has ")[0] for p in problems] == ["node w1", "node w2"]
     assert "it needs 10304 MiB" in problems[0]
+    # a pod that keeps its name keeps its whole payload on the source too
+    problems = plan.room_problems(4 * GiB, GiB, "keep", tight, ("w2", 8 * GiB))
+    assert [p.split(" has ")[0] for p in problems] == ["node w1", "node w2"]
+    assert "it needs 5184 MiB (the source of a 5120 MiB payload)" in problems[0]
 
 
 def test_a_target_without_the_memory_the_pods_processes_use_is_refused():
@@ -428,3 +448,14 @@ def test_the_job_hand_over_guard_refuses_only_that_jobs_new_pods_in_its_namespac
     assert binding["spec"]["matchResources"] == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-a"}}}
 
+
+
+def test_a_statefulsets_guard_refuses_only_a_new_pod_of_that_name_that_is_not_the_restored_one():
+    body, binding = guard.policy("20261206-abc123", "team-a", "sts-uid", pod_name="web-0")
+    rule = body["spec"]["validations"][0]
+    assert rule["expression"].startswith("object.metadata.name != 'web-0' || ")
+    assert "sts-uid" not in rule["expression"]
+    assert f"object.metadata.annotations['{manifest.RESTORE_ANNOTATION}'] == '20261206-abc123'" in rule["expression"]
+    assert "team-a/web-0" in rule["message"]
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-a"}}}

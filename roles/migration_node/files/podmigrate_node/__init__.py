@@ -18,15 +18,15 @@ RuntimeClass that restores a pod's containers on the target node.
   thaw POD-UID                    thaw every container of the pod (a rollback)
   dump POD-UID ID [--volume V]... [--to HOST --key K --known-hosts F --port NAME=P...]
                                   a session with the engine (JSON lines): the pod's
-                                  containers found and, with --to, one page tunnel per
+                                  containers found and, with --port, one page tunnel per
                                   container opened to HOST's page server on port P, all
                                   before the freeze ("ready"); on "freeze" every container
                                   frozen at once (its freezer cgroup); then each one's
                                   processes dumped by runc checkpoint (CRIU, left frozen),
                                   its writable-layer changes and the emptyDir volumes V, into
-                                  the migration's payload directory (root only); with --to
-                                  the memory pages go to HOST as they are dumped, the rest
-                                  goes right after, with --send
+                                  the migration's payload directory (root only); with --port
+                                  the memory pages go to HOST as they are dumped (else they
+                                  stay here too); the rest goes right after, with --send
   page-server ID NAME PORT        (forced command) CRIU's page server for one container
   pack ID                         the payload as one tar file (for the share transfer)
   unpack ID --sha256 X            payload.tar, sha256 checked, back into the payload directory

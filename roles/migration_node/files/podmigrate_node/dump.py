@@ -43,7 +43,7 @@ def cmd_dump(args):
     try:
         if args.send:
             receiver = open_receive(args, "payload")
-        if args.to:
+        if args.port:  # the memory pages stream to the target's page servers (else they stay here too)
             for c in live:
                 if c["name"] not in ports:
                     fail(f"no page server port for container {c['name']}")

@@ -19,6 +19,10 @@ migration's one-time key:
   bound to this node, and its frozen processes are killed without running again.
 - the target unreachable: the pod stays frozen, asked again every few seconds; it is
   never thawed on a guess.
+- the source pod deleted so that the restored pod could take its name (a StatefulSet's
+  pod: the engine marks it ``source-deleted`` first): nothing is done here alone, as
+  only a controller can create the pod again; the files (this node's copy of the
+  checkpoint) stay for ``podmigrate recover``.
 
 Then the source's files of the migration (its memory among them) are removed. What is left
 (the Lease's journal, the target's staged pod, the key) is ``podmigrate recover``'s, which
@@ -44,6 +48,9 @@ from podmigrate_node.pod import end_frozen, is_frozen, running, thaw
 from podmigrate_node.settle import dumping, processes_of
 from podmigrate_node.stream import migration_ssh
 
+# (the engine, for a pod that keeps its name) the source pod object is being deleted: this
+# node's copy of the checkpoint is the pod's own until the restored pod runs
+SOURCE_DELETED = "source-deleted"
 KUBELET_CONF = os.environ.get("PODMIGRATE_KUBELET_CONF", "/etc/kubernetes/kubelet.conf")
 
 
@@ -142,6 +149,10 @@ def ask_target(directory, migration):
 
 def settle_alone(args, directory):
     """One try at settling the pod without its controller: the outcome, or None to try again."""
+    if os.path.exists(os.path.join(directory, SOURCE_DELETED)):
+        say("the source pod was deleted so that its restored pod could take its name: only podmigrate recover "
+            "restores it (from this node's copy of the checkpoint) or commits it; the files stay for it")
+        return None
     live = running(args.uid)
     frozen = [c for c in live if is_frozen(c["freezer"])]
     verdict, why = ask_target(directory, args.migration)

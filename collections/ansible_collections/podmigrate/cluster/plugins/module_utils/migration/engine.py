@@ -52,6 +52,7 @@ NODE_DEADLINE = 120
 
 # a Job's pod: the finalizer by which the Job counts its end, and the labels its selector matches
 JOB_FINALIZER = "batch.kubernetes.io/job-tracking"
+SOURCE_DELETED = "source-deleted"  # the source node's watcher leaves such a migration to recover (watch.py)
 JOB_SELECTOR_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 
 
@@ -119,6 +120,7 @@ class Migration(Runner):
         self.restored_name = None
         self.uid = self.containers = None
         self.owner = None  # the source's controller (a ReplicaSet), which the restored pod is handed to
+        self.keeps_name = False  # a StatefulSet's pod: the restored pod takes the source's name (replace)
         self.lock = None
         self.done = "migrated"  # the result when execute() returns
         self.story = []  # the Events told so far, for the restored pod when it is created
@@ -137,7 +139,8 @@ class Migration(Runner):
         return {"id": self.id, "namespace": self.namespace, "name": self.name, "uid": self.uid,
                 "lease": self.lock.pod_name if self.lock else None, "containers": self.containers,
                 "source": self.report.get("source"), "target": self.report.get("target"),
-                "restored": self.restored_name, "owner": self.owner, "transfer": self.transfer,
+                "restored": self.restored_name, "owner": self.owner, "keeps_name": self.keeps_name,
+                "transfer": self.transfer,
                 "share": self.report.get("share"), "timeout": self.timeout}
 
     def journal_changed(self):
@@ -175,7 +178,10 @@ class Migration(Runner):
             self.hand_over(name, owner)
 
     def hand_over(self, name, owner):
-        """The restored pod ``name`` made its controller's (``owner``), as its kind needs."""
+        """The restored pod ``name`` made its controller's (``owner``), as its kind needs (a
+        StatefulSet's was its own from its creation: replace)."""
+        if owner["kind"] in plan.NAME_KEPT:
+            return
         if owner["kind"] == "Job":
             self.hand_over_to_job(name, owner)
         else:
@@ -194,7 +200,7 @@ class Migration(Runner):
         source, restored = self.read_pod(self.name, self.uid), self.read_pod(name)
         release = source is not None and plan.controller_of(source) is not None
         adopt = restored is not None and restored["metadata"].get("ownerReferences") != [owner]
-        creations = guard.CreationGuard(self.api_client, self.namespace, self.id, owner, log=self.log)
+        creations = self.creation_guard(owner)
         if not (release or adopt):  # done before: by this commit (the cleanup), or by one that died after
             creations.remove()
             return
@@ -260,7 +266,47 @@ class Migration(Runner):
         then may the source be thawed: never two live copies, even for a moment."""
         self.report.setdefault("ended_on_target", []).extend(
             json.loads(self.nodes[node].helper("end-restored", self.id))["ended"])
-        self.delete_pod(name)
+        pod = self.read_pod(name)
+        # only this migration's pod on that node (a StatefulSet's pod restored on its source
+        # node by the rollback has the same name)
+        if pod is not None and pod["spec"].get("nodeName") == node and \
+                (pod["metadata"].get("annotations") or {}).get(manifest.RESTORE_ANNOTATION) == self.id:
+            self.delete_pod(name, pod["metadata"]["uid"])
+
+    def undo_restore_at_source(self, node, pod):
+        """The rollback of a pod that keeps its name, once its source pod was deleted: the pod
+        restored on its source node ``node`` (``pod``, its manifest there) from that node's
+        own copy of the checkpoint (it kept it: replace), as on any target. Its restored
+        pod elsewhere is gone by then (the newer step)."""
+        host, name = self.nodes[node], pod["metadata"]["name"]
+        existing = self.read_pod(name)
+        if existing is not None and existing["metadata"]["uid"] == self.uid:
+            if not existing["metadata"].get("deletionTimestamp"):
+                return  # the source was never deleted: the thaw (the older step) lets it go on
+            self.wait_gone(name, self.uid)
+            existing = None
+        if existing is None:
+            missing = host.run(" ; ".join(f"test -d {self.directory}/payload/{c}/images || echo {c}"
+                                          for c in self.containers), check=False).split()
+            if missing:
+                raise NodeError(f"node {node} no longer has its copy of the checkpoint of {', '.join(missing)}: "
+                                f"pod {self.namespace}/{name} cannot be restored there")
+            # the runtime waits for a payload it expects rather than start a container afresh
+            deadline = time.time() + 3 * self.timeout
+            host.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
+            existing = self.as_dict(self.core.create_namespaced_pod(self.namespace, pod))
+            self.uids[name] = existing["metadata"]["uid"]
+        elif existing["spec"].get("nodeName") != node or \
+                (existing["metadata"].get("annotations") or {}).get(manifest.RESTORE_ANNOTATION) != self.id:
+            raise NodeError(f"pod {self.namespace}/{name} exists, and is not its restore on {node}: not restoring "
+                            "it a second time")
+        uid = self.wait_running(name, f"pod restored on its source node {node}")["metadata"]["uid"]
+        restored = json.loads(host.helper("restored", self.id, uid, "--claim"))
+        fresh = [c for c in self.containers if not restored.get(c)]
+        if fresh:
+            raise NodeError(f"pod {self.namespace}/{name} on {node}: container(s) {', '.join(fresh)} started afresh "
+                            "instead of from the checkpoint")
+        self.report["restored_at_source"] = {"node": node, "uid": uid}
 
     def phase_done(self, name, seconds):
         self.event(f"Migration{name.capitalize()}", f"{name} done in {seconds:.2f} s")
@@ -272,7 +318,7 @@ class Migration(Runner):
         thread of their own: none is downtime."""
         if pod_name is None:
             self.story.append((reason, message, kind, _now()))
-            names = [self.name] + ([self.restored_name] if self.restored_name else [])
+            names = list(dict.fromkeys([self.name] + ([self.restored_name] if self.restored_name else [])))
         else:
             names = [pod_name]
         for name in names:
@@ -332,6 +378,11 @@ class Migration(Runner):
                 self.report.update(source=self.target_name, target=self.target_name, current=self.name)
                 raise AlreadyThere(
                     f"{self.namespace}/{self.name} (moved before) already runs on {self.target_name}") from None
+        annotations = pod["metadata"].get("annotations") or {}
+        if self.target_name and pod["spec"].get("nodeName") == self.target_name and \
+                annotations.get(manifest.ORIGINAL_NAME) == self.name:  # moved there before, its name kept
+            self.report.update(source=self.target_name, target=self.target_name, current=self.name)
+            raise AlreadyThere(f"{self.namespace}/{self.name} (moved before) already runs on {self.target_name}")
         nodes = {n["metadata"]["name"]: n for n in self.as_dict(self.core.list_node().items)}
         pods_by_node = {}
         for p in self.as_dict(self.core.list_pod_for_all_namespaces().items):
@@ -466,6 +517,8 @@ class Migration(Runner):
         found = json.loads(self.source.helper("preflight", pod["metadata"]["uid"]))
         problems += preflight.problems(found)
         self.memory_bytes = found.get("memory_bytes", 0)  # what the checkpoint's progress counts against
+        owner = plan.controller_of(pod)
+        self.keeps_name = bool(owner) and owner.get("kind") in plan.NAME_KEPT
         problems += self.room_problems(pod["metadata"]["uid"])
         # restored containers start from their own images, which are never pulled: those the
         # target lacks are brought from the source before the freeze
@@ -475,16 +528,20 @@ class Migration(Runner):
         problems += [f"image {image} is on neither node: node {self.target.name} lacks it and the "
                      f"source's containerd no longer has it to bring" for image in lost]
         problems += self.carrier.problems()
-        owner = plan.controller_of(pod)
-        if owner and owner.get("kind") == "Job":
-            problems += guard.CreationGuard(self.api_client, self.namespace, self.id, owner).problems()
+        if owner and (owner.get("kind") == "Job" or self.keeps_name):
+            problems += self.creation_guard(owner).problems()
         if problems:
             raise MigrationError(problems)
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
-        self.owner = plan.controller_of(pod)  # one plan moves: a ReplicaSet's, or None
+        self.owner = owner  # one plan moves: a ReplicaSet's, a Job's, a StatefulSet's, or None
         self.uid = self.uids[self.name] = pod["metadata"]["uid"]
+
+    def creation_guard(self, owner):
+        """The guard (guard.py) of a Job's pods, or of a StatefulSet's pod's name."""
+        return guard.CreationGuard(self.api_client, self.namespace, self.id, owner,
+                                   pod_name=self.name if self.keeps_name else None, log=self.log)
 
     def room_problems(self, uid):
         """Too little disk for the checkpoint on either node, or too little memory on the
@@ -496,7 +553,8 @@ class Migration(Runner):
             out = node.run(f"df -B1 --output=avail {MIGRATIONS} | tail -n 1").strip()
             free[role] = (node.name, int(out))
         meminfo = self.target.run("grep '^MemAvailable:' /proc/meminfo").split()
-        return plan.room_problems(self.memory_bytes, int(volumes) if volumes.isdigit() else 0, self.transfer, free,
+        return plan.room_problems(self.memory_bytes, int(volumes) if volumes.isdigit() else 0,
+                                  "keep" if self.keeps_name and self.transfer == "direct" else self.transfer, free,
                                   (self.target.name, int(meminfo[1]) * 1024))
 
     def prepare(self):
@@ -610,8 +668,16 @@ class Migration(Runner):
         sets up its sandbox, network and volumes while the source still runs; podmigrate's
         runtime holds its first container until the payload has arrived (the ``expect``
         file, with a deadline). Meanwhile the source's dump session gets ready. So none of
-        that is downtime."""
+        that is downtime. A pod that keeps its name cannot be created before its source is
+        gone (replace): the dump session gets ready, and the guard against a new pod of its
+        name goes up (its controller creates none while the source exists anyway)."""
         self.open_capture()
+        if self.keeps_name:
+            self.always_do(f"remove the guard of pod {self.name}'s name", "guard", after_rollback=True)
+            self.report["guard_seconds"] = self.creation_guard(self.owner).install()
+            self.capture.answer(self.timeout)
+            self.extend_node_deadline(force=True)
+            return
         deadline = time.time() + 3 * self.timeout
         self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
         lease = None
@@ -641,6 +707,31 @@ class Migration(Runner):
         # have settled the pod meanwhile: it never settles one while it is being dumped)
         self.extend_node_deadline(force=True)
 
+    def replace(self):
+        """A pod that keeps its name (a StatefulSet's), its checkpoint safe on the target and
+        kept on the source too (its pages were not streamed), the guard up (stage) so that
+        its controller creates no pod of that name meanwhile: the frozen source deleted and
+        its processes killed; the restored pod of that name created, its controller's from
+        the start. A rollback from here restores the pod on its source node from the
+        source's copy (undo_restore_at_source), once the restored pod is gone."""
+        at_source = manifest.restored_pod(self.pod, self.source.name, self.id, self.id.rsplit("-", 1)[1],
+                                          keep_name=True)
+        self.rollback_do(f"restore the pod on its source node {self.source.name}", "restore_at_source",
+                         node=self.source.name, pod=at_source)
+        self.source.run(f"touch {self.directory}/{SOURCE_DELETED}")  # its watcher leaves it to recover
+        if self.delete_pod(self.name, self.uid):
+            self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
+        restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1],
+                                         keep_name=True)
+        self.restored_name = restored["metadata"]["name"]
+        self.rollback_do("delete the restored pod", "restored", node=self.target.name, name=self.restored_name)
+        self.uids[self.restored_name] = self.core.create_namespaced_pod(self.namespace, restored).metadata.uid
+        self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
+        self.tell_restored_pod_the_story()
+
+    def undo_guard(self):
+        self.creation_guard(self.owner).remove()
+
     def delete_restored(self):
         self.delete_pod(self.restored_name)
 
@@ -661,30 +752,21 @@ class Migration(Runner):
         return True
 
     def wait_gone(self, name, uid=None, timeout=120):
-        from kubernetes.client.rest import ApiException
+        if not gone_within(self.core, self.namespace, name, uid, timeout):
+            raise NodeError(f"pod {self.namespace}/{name} still exists after {timeout} s")
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if uid not in (None, self.core.read_namespaced_pod(name, self.namespace).metadata.uid):
-                    return  # a new pod of the name
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-                raise
-            time.sleep(0.2)
-        raise NodeError(f"pod {self.namespace}/{name} still exists after {timeout} s")
-
-    def wait_running(self, what="restored pod"):
-        """The restored pod once Running with every container ready and none restarted."""
+    def wait_running(self, name=None, what="restored pod"):
+        """The restored pod (or pod ``name``) once Running with every container ready and none
+        restarted."""
+        name = name or self.restored_name
         deadline = time.monotonic() + self.timeout
         while True:
-            pod = self.as_dict(self.core.read_namespaced_pod(self.restored_name, self.namespace))
+            pod = self.as_dict(self.core.read_namespaced_pod(name, self.namespace))
             problem = manifest.restored_problem(pod, self.containers)
             if problem is None:
                 return pod
             if problem.startswith("failed:") or time.monotonic() > deadline:
-                raise NodeError(f"{what} {self.restored_name}: {problem.removeprefix('failed: ')}")
+                raise NodeError(f"{what} {name}: {problem.removeprefix('failed: ')}")
             time.sleep(0.1)
 
     def restore(self):
@@ -789,6 +871,8 @@ class Migration(Runner):
         self.phase("freeze", self.freeze)
         self.phase("checkpoint", self.checkpoint)
         self.phase("transfer", self.move)
+        if self.keeps_name:
+            self.phase("replace", self.replace)
         self.phase("restore", self.restore)
         self.phase("verify", self.verify)
         self.report["frozen_seconds"] = round(time.monotonic() - frozen, 3)
@@ -848,7 +932,7 @@ class Recovery(Migration):
         except (TypeError, OSError, ValueError):
             pass  # no report directory, or none written there
         self.uid, self.containers, self.restored_name = ctx.get("uid"), ctx.get("containers") or [], ctx.get("restored")
-        self.owner = ctx.get("owner")
+        self.owner, self.keeps_name = ctx.get("owner"), bool(ctx.get("keeps_name"))
         self.report.update(source=ctx.get("source"), target=ctx.get("target"))
         if self.restored_name:
             self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
@@ -967,6 +1051,24 @@ def recover(api_client, nodes, namespace=None, name=None, wait=lock.LEASE_SECOND
             raise MigrationError([f"lease {x['metadata']['namespace']}/{x['metadata']['name']}: "
                                   f"{lock.held_by(x)}: its controller still runs" for x in live])
         time.sleep(1)
+
+
+def gone_within(core, namespace, name, uid=None, timeout=120, interval=0.2):
+    """Whether pod ``name`` (only the one with ``uid``, when given: a new pod of the name does
+    not count) is gone within ``timeout`` seconds."""
+    from kubernetes.client.rest import ApiException
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if uid not in (None, core.read_namespaced_pod(name, namespace).metadata.uid):
+                return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        time.sleep(interval)
+    return False
 
 
 def _now():

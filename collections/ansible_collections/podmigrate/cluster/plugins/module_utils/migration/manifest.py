@@ -19,7 +19,7 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 LOWEST_COST = -(2**31)
 
 
-def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS, owner=None):
+def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS, owner=None, keep_name=False):
     """The manifest of the pod restored on ``target`` by migration ``migration_id``.
 
     The same containers and images (never pulled: the image must be on the target), labels
@@ -28,10 +28,15 @@ def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS,
     each container from the migration's payload when containerd creates it, as the
     annotation RESTORE_ANNOTATION names it. The source's init containers ran already and do
     not run again. ``owner``, an ownerReference, is made its controller: the migration's
-    Lease, while the source's controller (a ReplicaSet) must not count it yet.
+    Lease, while the source's controller (a ReplicaSet) must not count it yet. With
+    ``keep_name`` (a StatefulSet's pod) it has the source's name, and its ownerReferences
+    from the start: it is created once the source is gone.
     """
     spec = copy.deepcopy(pod.get("spec") or {})
     metadata = _moved_metadata(pod, suffix)
+    if keep_name:
+        metadata["name"] = pod["metadata"]["name"]
+        metadata["ownerReferences"] = copy.deepcopy(pod["metadata"].get("ownerReferences") or [])
     metadata["annotations"][RESTORE_ANNOTATION] = migration_id
     if metadata["annotations"].get(DELETION_COST) == str(LOWEST_COST):
         metadata["annotations"][DELETION_COST] = str(LOWEST_COST + 1)

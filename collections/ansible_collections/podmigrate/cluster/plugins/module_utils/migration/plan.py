@@ -17,6 +17,9 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.manif
 # the controllers whose pods move: the restored pod is handed to the source's controller at the
 # commit (engine.Migration.hand_over; docs/migration.md says why that never doubles nor loses one)
 HANDED_OVER = ("ReplicaSet", "ReplicationController", "Job")
+# the controllers whose pods keep their name: the source pod is deleted before the restored
+# pod of that name is created, bound to the controller from the start
+NAME_KEPT = ("StatefulSet",)
 CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTPE]i?|e\d+|)$")
 MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -140,9 +143,10 @@ def plan(pod, nodes, pods_by_node, claims=None, target=None):
     stays = belongs_to_node(pod)
     if stays:
         problems.append(f"pod {ref} {stays}")
-    elif owner and owner.get("kind") not in HANDED_OVER:
+    elif owner and owner.get("kind") not in HANDED_OVER + NAME_KEPT:
         problems.append(f"pod {ref} is managed by {owner.get('kind')} {owner.get('name')}: migrating its pods is "
-                        "not supported yet (those of a ReplicaSet, Deployment, ReplicationController or Job are)")
+                        "not supported (those of a ReplicaSet, Deployment, ReplicationController, StatefulSet or "
+                        "Job are)")
     problems += _volume_problems(pod, claims)
     if target is not None:
         if target not in nodes:
@@ -313,10 +317,12 @@ def room_problems(memory, volumes, transfer, free, target_memory):
     "target": (name, bytes)} on the disk of the migration's files, ``target_memory`` (name,
     MemAvailable bytes). The target holds the whole payload (with the share transfer also
     its archive); the source, with the direct transfer, all but the memory pages (which
-    stream to the target), with the share transfer the payload and its archive. The
-    target must have the memory the pod's processes use now, not only what it requests."""
+    stream to the target), with ``keep`` (the direct transfer of a pod that keeps its
+    name, whose source keeps a copy) the payload, with the share transfer the payload and
+    its archive. The target must have the memory the pod's processes use now, not only
+    what it requests."""
     payload = memory + volumes
-    need = {"source": (2 * payload if transfer == "share" else volumes) + MARGIN_BYTES,
+    need = {"source": {"share": 2 * payload, "keep": payload}.get(transfer, volumes) + MARGIN_BYTES,
             "target": (2 * payload if transfer == "share" else payload) + MARGIN_BYTES}
     problems = []
     for role in ("source", "target"):

@@ -75,7 +75,7 @@ class CloneMigration(engine.Migration):
             raise NodeError(self.not_the_fork())
 
     def verify(self):
-        self.wait_running("clone pod")
+        self.wait_running(what="clone pod")
 
     def source_state(self):
         from kubernetes.client.rest import ApiException

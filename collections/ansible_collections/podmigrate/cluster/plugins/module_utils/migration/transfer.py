@@ -97,7 +97,9 @@ class Direct(Transfer):
     SSH sessions of both open before the freeze."""
 
     def prepare(self):
-        self.ports = self.authorize(self.job.containers)
+        # a pod that keeps its name keeps its pages on the source too (for a rollback once its
+        # source pod is deleted: engine.Migration.replace): none stream
+        self.ports = self.authorize([] if self.job.keeps_name else self.job.containers)
 
     def ssh_args(self):
         return ["--to", self.job.target_ip, "--key", f"{self.job.directory}/key",
