@@ -142,7 +142,7 @@ def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_
     assert outcome_of("drain-evictable")["outcome"] == "evicted", outcomes
     assert "hostPath" in outcome_of("drain-evictable")["why"]
     guarded, stuck, agent = outcome_of("drain-guarded"), outcome_of("drain-stuck"), outcome_of("drain-agent")
-    assert guarded["outcome"] == "left" and "PodDisruptionBudget" in guarded["why"], guarded
+    assert guarded["outcome"] == "left" and "would violate the pod's disruption budget" in guarded["why"], guarded
     assert stuck["outcome"] == "left" and "--force" in stuck["why"], stuck
     assert agent["outcome"] == "left" and "DaemonSet drain-agent" in agent["why"], agent
     assert on_node(api, w1, "drain-evictable") == []
@@ -165,3 +165,75 @@ def test_a_node_that_does_not_exist_is_refused_before_anything_changes(api, clus
     assert code == 3, answer
     assert "node 'nosuchnode' not found" in answer["message"]
     assert not any(n.spec.unschedulable for n in api.list_node().items)
+
+
+def kubectl(cluster, *args, timeout=600):
+    binary = sorted(ROOT.glob(".podmigrate/cache/artifacts/kubernetes-v*/bin/kubectl"))[-1]
+    return subprocess.run([str(binary), "--kubeconfig", str(cluster["state"] / "kubeconfig"), *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_kubectl_drain_migrates_the_pods_that_opted_in_and_evicts_the_others(api, cluster):
+    """kubectl drain of a worker holding a Deployment's and a StatefulSet's pod that opted in
+    (podmigrate.io/eviction: migrate) and a Deployment's pod that did not: the eviction
+    webhook refuses the opted-in pods' evictions (429, kubectl drain tries again) while it
+    migrates them; they go on counting on the other worker with their memory, the
+    StatefulSet's under its name; the other pod is evicted as usual; kubectl drain ends."""
+    w1, w2 = WORKERS
+    apps = client.AppsV1Api(api.api_client)
+    pin = {"kubernetes.io/hostname": w1}
+    opted_in = {"podmigrate.io/eviction": "migrate"}
+    keeper = counter_pod("evict-keeper", None, labels={"app": "evict-keeper"}, node_selector=pin)
+    keeper.metadata.annotations = opted_in
+    apps.create_namespaced_deployment("default", deployment("evict-keeper", 1, keeper))
+    apps.create_namespaced_deployment("default", deployment(
+        "evict-plain", 1, counter_pod("evict-plain", None, labels={"app": "evict-plain"}, node_selector=pin)))
+    web = counter_pod("evict-web", None, labels={"app": "evict-web"}, node_selector=pin)
+    web.metadata.annotations = opted_in
+    apps.create_namespaced_stateful_set("default", client.V1StatefulSet(
+        metadata=client.V1ObjectMeta(name="evict-web"),
+        spec=client.V1StatefulSetSpec(service_name="evict-web", replicas=1,
+                                      selector=client.V1LabelSelector(match_labels={"app": "evict-web"}),
+                                      template=client.V1PodTemplateSpec(metadata=web.metadata, spec=web.spec))))
+    try:
+        webhook = client.AdmissionregistrationV1Api(api.api_client).read_validating_webhook_configuration(
+            "podmigrate-evictions").webhooks[0]
+        assert (webhook.failure_policy, webhook.client_config.url.split(":")[1]) == ("Fail", "//127.0.0.1")
+        deadline = time.monotonic() + 120
+        before = {}
+        for app in ("evict-keeper", "evict-plain", "evict-web"):
+            while not on_node(api, w1, app):
+                assert time.monotonic() < deadline, f"{app} never started on {w1}"
+                time.sleep(0.5)
+            pod = wait_ready(api, on_node(api, w1, app)[0])
+            url = f"http://{pod.status.pod_ip}:8080"
+            before[app] = (pod, int(ask(cluster, url + "/")), ask(cluster, url + "/checksum"))
+
+        run = kubectl(cluster, "drain", w1, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        for app in ("evict-keeper", "evict-web"):
+            assert f"podmigrate is migrating pod default/{before[app][0].metadata.name} off node {w1}" in run.stderr, \
+                run.stderr[-3000:]
+            pods = api.list_namespaced_pod("default", label_selector=f"app={app}").items
+            assert len(pods) == 1, [p.metadata.name for p in pods]
+            now, (pod, count, checksum) = pods[0], before[app]
+            assert now.spec.node_name == w2 and "podmigrate.io/restore" in now.metadata.annotations
+            assert now.metadata.uid != pod.metadata.uid
+            url = f"http://{now.status.pod_ip}:8080"
+            assert int(ask(cluster, url + "/")) > count and ask(cluster, url + "/checksum") == checksum
+        assert api.list_namespaced_pod("default", label_selector="app=evict-web").items[0].metadata.name == \
+            "evict-web-0"
+        # the pod that did not opt in was evicted: its Deployment made a new one, from scratch
+        plain = api.list_namespaced_pod("default", label_selector="app=evict-plain").items
+        assert before["evict-plain"][0].metadata.uid not in {p.metadata.uid for p in plain}
+        assert all("podmigrate.io/restore" not in (p.metadata.annotations or {}) for p in plain)
+        assert leftovers(cluster) == {w: [] for w in WORKERS}
+    finally:
+        api.patch_node(w1, {"spec": {"unschedulable": None}})
+        for name in ("evict-keeper", "evict-plain"):
+            apps.delete_namespaced_deployment(name, "default", propagation_policy="Foreground")
+        apps.delete_namespaced_stateful_set("evict-web", "default", propagation_policy="Foreground")
+        deadline = time.monotonic() + 90
+        while any((p.metadata.labels or {}).get("app", "").startswith("evict-")
+                  for p in api.list_namespaced_pod("default").items) and time.monotonic() < deadline:
+            time.sleep(0.5)

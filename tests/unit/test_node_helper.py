@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import podmigrate_runtime as runtime
@@ -513,3 +514,21 @@ def test_a_restored_container_deleted_before_its_start_leaves_no_mark(tmp_path):
     subprocess.run([sys.executable, runtime.__file__, "--root", "/run/x", "delete", "--force", "c1"], env=env,
                    check=True)
     assert not (marks / "c1").exists()
+
+
+def test_the_eviction_webhook_is_one_file_of_the_engine_that_runs_without_ansible(tmp_path):
+    from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
+    from helpers import COLLECTIONS
+
+    module_utils = COLLECTIONS / "ansible_collections" / "podmigrate" / "cluster" / "plugins" / "module_utils"
+    (module_utils / "__pycache__").mkdir(exist_ok=True)  # what a test run leaves is not part of it
+    archive = tmp_path / "podmigrate-evictions"
+    archive.write_bytes(nodehelper.build(str(module_utils), "evictions"))
+    assert archive.read_bytes() == nodehelper.build(str(module_utils), "evictions")
+    names = zipfile.ZipFile(archive).namelist()
+    assert "ansible_collections/podmigrate/cluster/plugins/module_utils/migration/engine.py" in names
+    assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")]
+    # the system's Python alone, isolated (no .venv, no ansible): it starts and says how to run it
+    run = subprocess.run(["/usr/bin/python3", "-I", str(archive)], capture_output=True, text=True, check=False,
+                         cwd=tmp_path)
+    assert run.returncode == 1 and run.stderr.strip() == "usage: podmigrate-evictions CONFIG.json", run.stderr

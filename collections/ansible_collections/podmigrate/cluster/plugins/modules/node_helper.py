@@ -11,6 +11,9 @@ description:
   - Builds the C(podmigrate-node) helper as a Python zip archive of the C(podmigrate_node)
     package and C(podmigrate_runtime.py) found in O(src), and writes it to O(dest) (mode
     0700, for the owner only) when its bytes differ from what O(dest) holds.
+  - With O(archive=evictions), builds the eviction webhook the same way instead, from the
+    collection's C(module_utils) in O(src) (the migration engine, run as its
+    C(migration/evictions.py)).
   - The archive is the same byte for byte for the same sources, so its sha256 is the
     helper's version (what C(podmigrate-node version) prints and the migrate module expects).
   - Runs where the sources are (the controller); copy O(dest) to the nodes afterwards.
@@ -25,6 +28,11 @@ options:
     description: Where the archive is written.
     type: path
     required: true
+  archive:
+    description: Which archive to build.
+    type: str
+    choices: [helper, evictions]
+    default: helper
 """
 
 EXAMPLES = r"""
@@ -53,14 +61,15 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelp
 
 def main():
     module = AnsibleModule(
-        argument_spec={"src": {"type": "path", "required": True}, "dest": {"type": "path", "required": True}},
+        argument_spec={"src": {"type": "path", "required": True}, "dest": {"type": "path", "required": True},
+                       "archive": {"type": "str", "choices": ["helper", "evictions"], "default": "helper"}},
         supports_check_mode=True,
     )
     src, dest = module.params["src"], module.params["dest"]
     try:
-        data = nodehelper.build(src)
+        data = nodehelper.build(src, module.params["archive"])
     except OSError as exc:
-        module.fail_json(msg=f"cannot build the node helper from {src}: {exc}")
+        module.fail_json(msg=f"cannot build the {module.params['archive']} archive from {src}: {exc}")
     digest = hashlib.sha256(data).hexdigest()
     try:
         with open(dest, "rb") as f:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import json
 import time
 
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, plan
@@ -197,24 +198,24 @@ class Drain:
                 if exc.status != 429:
                     return entry(pod, FAILED, why=f"{why}; its eviction failed: {exc.status} {exc.reason}")
                 if time.monotonic() > deadline:
-                    return entry(pod, LEFT, why=f"{why}; its eviction was refused for {self.eviction_timeout} s "
-                                 "(a PodDisruptionBudget allows no disruption now)")
+                    # a PodDisruptionBudget that allows no disruption now, or the eviction
+                    # webhook of a pod that opted in to migration: its message says which
+                    return entry(pod, LEFT, why=f"{why}; its eviction was refused for {self.eviction_timeout} s: "
+                                 f"{refusal(exc)}")
                 time.sleep(EVICTION_RETRY_SECONDS)
         self.log(f"evicted {ref} ({why})")
         grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 30
-        deadline = time.monotonic() + grace + 60
-        while time.monotonic() < deadline:
-            try:
-                if self.core.read_namespaced_pod(meta["name"], meta["namespace"]).metadata.uid != meta["uid"]:
-                    break
-            except ApiException as exc:
-                if exc.status == 404:
-                    break
-                raise
-            time.sleep(0.5)
-        else:
+        if not engine.gone_within(self.core, meta["namespace"], meta["name"], meta["uid"], grace + 60, 0.5):
             return entry(pod, FAILED, why=f"{why}; evicted, but still there {grace + 60} s later")
         return entry(pod, EVICTED, why=why)
+
+
+def refusal(exc):
+    """What the API server said when it refused a request (ApiException ``exc``)."""
+    try:
+        return json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        return exc.reason
 
 
 def staying(entries):
