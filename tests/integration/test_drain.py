@@ -10,8 +10,19 @@ import time
 import pytest
 from helpers import ROOT, run_playbook
 from kubernetes import client, config
+from kubernetes.stream import stream
 
-from integration.test_migrate import WORKERS, ask, counter_pod, delete_pod, leftovers, wait_ready
+from integration.test_migrate import (
+    WORKERS,
+    ask,
+    busybox_on,
+    compute_job,
+    computed,
+    counter_pod,
+    delete_pod,
+    leftovers,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.nodes
 
@@ -42,13 +53,28 @@ def cli_drain(cluster, node, *options):
     return run.returncode, json.loads(run.stdout)
 
 
+JOB_STEPS = 2400  # two minutes at 50 ms a step: longer than the drain
+
+
 @pytest.fixture
-def workloads(api, cluster):
-    """On the first worker: a Deployment of two counters, a bare counter, a DaemonSet's pod,
-    and three pods that cannot move (a hostPath): a Deployment's, one a PodDisruptionBudget
-    protects, and a bare one."""
+def workloads(api, cluster, tmp_path):
+    """On the first worker: a Deployment of two counters, a StatefulSet's counter, a bare
+    counter, an indexed Job computing in memory, a DaemonSet's pod, and three pods that
+    cannot move (a hostPath): a Deployment's, one a PodDisruptionBudget protects, and a
+    bare one."""
     w1 = WORKERS[0]
     apps, policy = client.AppsV1Api(api.api_client), client.PolicyV1Api(api.api_client)
+    batch = client.BatchV1Api(api.api_client)
+    image = "localhost/podmigrate/busybox:drained"
+    busybox_on(cluster, w1, image, tmp_path)
+    batch.create_namespaced_job("default", compute_job("drain-job", w1, image, steps=JOB_STEPS, completions=1,
+                                                       parallelism=1, completion_mode="Indexed"))
+    web = counter_pod("drain-web", None, labels={"app": "drain-web"}, node_selector={"kubernetes.io/hostname": w1})
+    apps.create_namespaced_stateful_set("default", client.V1StatefulSet(
+        metadata=client.V1ObjectMeta(name="drain-web"),
+        spec=client.V1StatefulSetSpec(service_name="drain-web", replicas=1,
+                                      selector=client.V1LabelSelector(match_labels={"app": "drain-web"}),
+                                      template=client.V1PodTemplateSpec(metadata=web.metadata, spec=web.spec))))
     pin = {"kubernetes.io/hostname": w1}
     host = {"volumes": [client.V1Volume(name="host", host_path=client.V1HostPathVolumeSource(path="/tmp"))],
             "volume_mounts": [client.V1VolumeMount(name="host", mount_path="/host")]}
@@ -72,8 +98,9 @@ def workloads(api, cluster):
     apps_names = ("drain-app", "drain-evictable", "drain-guarded")
     try:
         deadline = time.monotonic() + 180
-        for app, count in (("drain-app", 2), ("drain-evictable", 1), ("drain-guarded", 1), ("drain-agent", 1)):
-            while len([p for p in api.list_namespaced_pod("default", label_selector=f"app={app}").items
+        for app, count in (("app=drain-app", 2), ("app=drain-evictable", 1), ("app=drain-guarded", 1),
+                           ("app=drain-agent", 1), ("app=drain-web", 1), ("job-name=drain-job", 1)):
+            while len([p for p in api.list_namespaced_pod("default", label_selector=app).items
                        if p.spec.node_name == w1 and p.status.phase == "Running"
                        and all(s.ready for s in p.status.container_statuses or [False])]) < count:
                 assert time.monotonic() < deadline, f"{app} never got ready on {w1}"
@@ -86,6 +113,8 @@ def workloads(api, cluster):
         for name in apps_names:
             apps.delete_namespaced_deployment(name, "default", propagation_policy="Foreground")
         apps.delete_namespaced_daemon_set("drain-agent", "default", propagation_policy="Foreground")
+        apps.delete_namespaced_stateful_set("drain-web", "default", propagation_policy="Foreground")
+        batch.delete_namespaced_job("drain-job", "default", propagation_policy="Foreground")
         try:
             policy.delete_namespaced_pod_disruption_budget("drain-guarded", "default")
         except client.ApiException as exc:
@@ -97,6 +126,7 @@ def workloads(api, cluster):
                 delete_pod(api, pod.metadata.name)
         deadline = time.monotonic() + 90
         while any((p.metadata.labels or {}).get("app", "").startswith("drain-")
+                  or (p.metadata.labels or {}).get("job-name") == "drain-job"
                   for p in api.list_namespaced_pod("default").items) and time.monotonic() < deadline:
             time.sleep(0.5)
 
@@ -105,11 +135,14 @@ def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_
         api, cluster, workloads):
     w1, w2 = WORKERS
     apps = workloads
+    batch = client.BatchV1Api(api.api_client)
     before = {}
-    for pod in api.list_namespaced_pod("default", label_selector="app in (drain-app, drain-bare)").items:
+    for pod in api.list_namespaced_pod("default", label_selector="app in (drain-app, drain-bare, drain-web)").items:
         url = f"http://{pod.status.pod_ip}:8080"
         before[pod.metadata.name] = (int(ask(cluster, url + "/")), ask(cluster, url + "/checksum"))
     app_pods = set(on_node(api, w1, "drain-app"))
+    (job_pod,) = [p.metadata.name
+                  for p in api.list_namespaced_pod("default", label_selector="job-name=drain-job").items]
 
     # check mode says what would happen and changes nothing
     check = run_playbook("drain.yml", cluster["inventory"], extra_vars={"node": w1}, options=("--check",))
@@ -124,11 +157,14 @@ def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_
     # a pod no controller would start again, and one its budget protects, are still there
     assert code == 1 and report["result"] == "not drained", answer
     moved = {name: e for name, e in outcomes.items() if e["outcome"] == "moved"}
-    assert set(moved) == {*app_pods, "drain-bare"}, outcomes
+    assert set(moved) == {*app_pods, "drain-bare", "drain-web-0", job_pod}, outcomes
+    assert moved["drain-web-0"]["now"] == "default/drain-web-0"  # a StatefulSet's pod keeps its name
     for name, e in moved.items():
         assert e["to"] == w2 and e["downtime_seconds"] > 0, e
         now = api.read_namespaced_pod(e["now"].split("/")[1], "default")
         assert now.spec.node_name == w2 and now.status.phase == "Running"
+        if name == job_pod:
+            continue
         url = f"http://{now.status.pod_ip}:8080"
         count, checksum = before[name]
         assert int(ask(cluster, url + "/")) > count, f"{name}'s count did not go on"
@@ -158,6 +194,21 @@ def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_
     again = run_playbook("drain.yml", cluster["inventory"], extra_vars={"node": w1})
     assert again.rc == 0 and again.changed() == 0, again.output[-3000:]
     assert apps.read_namespaced_deployment_status("drain-app", "default").status.ready_replicas == 2
+    # the Job, its work sped up now (a file in the container: when it ends, not what it
+    # computes), completes with the result of an undisturbed run and counts no failure
+    moved_job = moved[job_pod]["now"].split("/")[1]
+    stream(api.connect_get_namespaced_pod_exec, moved_job, "default", command=["/bin/sh", "-c", ": > /tmp/fast"],
+           stderr=True, stdout=True)
+    deadline = time.monotonic() + 120
+    job = batch.read_namespaced_job("drain-job", "default")
+    while not job.status.succeeded:
+        assert not job.status.failed and time.monotonic() < deadline, job.status
+        time.sleep(1)
+        job = batch.read_namespaced_job("drain-job", "default")
+    assert not job.status.failed and job.status.succeeded == 1, job.status
+    done = api.read_namespaced_pod(moved_job, "default")
+    assert done.status.container_statuses[0].state.terminated.message.strip() == computed(0, JOB_STEPS)
+    print("\ndrain: frozen " + ", ".join(f"{name} {e['downtime_seconds']} s" for name, e in sorted(moved.items())))
 
 
 def test_a_node_that_does_not_exist_is_refused_before_anything_changes(api, cluster):
