@@ -17,7 +17,6 @@ and why. docs/drain.md.
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import json
 import time
 
@@ -158,9 +157,8 @@ class Drain:
 
     def migration_of(self, pod, **options):
         """An engine.Migration of ``pod``, with SSH connections of its own (they run side by side)."""
-        nodes = {name: copy.copy(node) for name, node in self.nodes.items()}
-        return engine.Migration(self.api_client, nodes, pod["metadata"]["namespace"], pod["metadata"]["name"],
-                                **options, **self.migration)
+        return engine.Migration(self.api_client, engine.own_connections(self.nodes), pod["metadata"]["namespace"],
+                                pod["metadata"]["name"], **options, **self.migration)
 
     def migrate(self, pod):
         """The pod moved."""

@@ -301,11 +301,7 @@ class Migration(Runner):
             raise NodeError(f"pod {self.namespace}/{name} exists, and is not its restore on {node}: not restoring "
                             "it a second time")
         uid = self.wait_running(name, f"pod restored on its source node {node}")["metadata"]["uid"]
-        restored = json.loads(host.helper("restored", self.id, uid, "--claim"))
-        fresh = [c for c in self.containers if not restored.get(c)]
-        if fresh:
-            raise NodeError(f"pod {self.namespace}/{name} on {node}: container(s) {', '.join(fresh)} started afresh "
-                            "instead of from the checkpoint")
+        self.claim_restored(host, uid, f"pod {self.namespace}/{name} on {node}")
         self.report["restored_at_source"] = {"node": node, "uid": uid}
 
     def phase_done(self, name, seconds):
@@ -479,9 +475,8 @@ class Migration(Runner):
     def recover_first(self, lease):
         self.log(f"the pod's migration {lease['spec'].get('holderIdentity')} was left unfinished "
                  "(its controller went away): recovering it first")
-        nodes = {name: copy.copy(node) for name, node in self.nodes.items()}  # SSH masters of its own
-        recovery = Recovery(self.api_client, nodes, lease, report_dir=self.report_dir, progress=self.progress,
-                            helper_digest=self.helper_digest)
+        recovery = Recovery(self.api_client, own_connections(self.nodes), lease, report_dir=self.report_dir,
+                            progress=self.progress, helper_digest=self.helper_digest)
         self.report.setdefault("recovered", []).append(recovery.run()["summary"])
 
     def check(self, take_lock=True):
@@ -775,13 +770,17 @@ class Migration(Runner):
         self.restored_uid = self.wait_running()["metadata"]["uid"]
 
     def verify(self):
-        # --claim: once every container runs restored, the target's verdict says so (no
-        # watcher or recovery can abandon it after; verdict.py), unless it was abandoned
-        restored = json.loads(self.target.helper("restored", self.id, self.restored_uid, "--claim"))
+        self.claim_restored(self.target, self.restored_uid, f"restored pod {self.restored_name}")
+
+    def claim_restored(self, node, uid, what):
+        """Every container of pod ``uid`` on ``node`` runs from the checkpoint, else NodeError
+        (``what`` names the pod). --claim: once every container runs restored, the node's
+        verdict says so (no watcher or recovery can abandon it after; verdict.py), unless it
+        was abandoned."""
+        restored = json.loads(node.helper("restored", self.id, uid, "--claim"))
         fresh = [c for c in self.containers if not restored.get(c)]
         if fresh:
-            raise NodeError(f"restored pod {self.restored_name}: container(s) {', '.join(fresh)} "
-                            "started afresh instead of from their checkpoint")
+            raise NodeError(f"{what}: container(s) {', '.join(fresh)} started afresh instead of from their checkpoint")
 
     def commit(self):
         self.core.delete_namespaced_pod(self.name, self.namespace)
@@ -1051,6 +1050,12 @@ def recover(api_client, nodes, namespace=None, name=None, wait=lock.LEASE_SECOND
             raise MigrationError([f"lease {x['metadata']['namespace']}/{x['metadata']['name']}: "
                                   f"{lock.held_by(x)}: its controller still runs" for x in live])
         time.sleep(1)
+
+
+def own_connections(nodes):
+    """The nodes (remote.Node) for a migration that runs beside others: copies, so that each
+    migration's SSH connections (its masters, Node.multiplex) are its own."""
+    return {name: copy.copy(node) for name, node in nodes.items()}
 
 
 def gone_within(core, namespace, name, uid=None, timeout=120, interval=0.2):

@@ -26,7 +26,6 @@ nodehelper, installed by roles/migration_webhook): ``python3 podmigrate-eviction
 
 from __future__ import annotations
 
-import copy
 import json
 import ssl
 import sys
@@ -128,8 +127,8 @@ class Evictions:
         """A migration of ``pod`` started (a thread: it waits for a slot); its id."""
         meta = pod["metadata"]
         key = (meta["namespace"], meta["name"])
-        nodes = {name: copy.copy(node) for name, node in self.nodes.items()}  # SSH masters of its own
-        job = engine.Migration(self.api_client, nodes, meta["namespace"], meta["name"], **self.migration)
+        job = engine.Migration(self.api_client, engine.own_connections(self.nodes), meta["namespace"], meta["name"],
+                               **self.migration)
 
         def run():
             outcome = None
