@@ -170,6 +170,9 @@ def leftovers(cluster):
             # no checkpoint went through the kubelet or a checkpoint image (CRIU's pages)
             "ls /var/lib/kubelet/checkpoints 2>/dev/null; "
             "find /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots -name 'pages-*.img'; "
+            # no container runc holds that containerd abandoned (its bundle gone)
+            "for id in $(runc --root /run/containerd/runc/k8s.io list -q); do "
+            "[ -d /run/containerd/io.containerd.runtime.v2.task/k8s.io/$id ] || echo abandoned:$id; done; "
             "true")).split()
     return {k: [w for w in v if not w.endswith(":")] for k, v in found.items()}
 
@@ -1028,8 +1031,8 @@ def compute_job(name, node, image, **spec):
             node_selector={"kubernetes.io/hostname": node}))))
 
 
-def busybox_on(cluster, node, image, tmp_path):
-    write_busybox_image(tmp_path / "busybox.tar", image, ("sh", "sleep"))
+def busybox_on(cluster, node, image, tmp_path, tools=("sh", "sleep")):
+    write_busybox_image(tmp_path / "busybox.tar", image, tools)
     scp(cluster["state"], tmp_path / "busybox.tar", NODES[node][0], "/tmp/busybox.tar")
     node_run(cluster, node, "ctr -n k8s.io images import /tmp/busybox.tar && rm /tmp/busybox.tar")
 
@@ -1122,6 +1125,35 @@ def settled_holdings(cluster, timeout=180):
     return holdings(cluster)
 
 
+def test_a_server_bound_to_its_pods_address_moves_and_answers_on_the_new_one(api, cluster, tmp_path):
+    """A server listening on its pod's address, not on every address (busybox httpd on
+    ``hostname -i``): CRIU binds each socket to the address it had, which the restored pod
+    does not have, so the restore moves the pod's sockets to the new address (a DNS
+    forwarder's connected UDP socket the same way: the unit tests, on CoreDNS's dump). The
+    moved server answers on the restored pod's address."""
+    w1, w2 = WORKERS
+    image = "localhost/podmigrate/busybox:bound"
+    busybox_on(cluster, w1, image, tmp_path, tools=("sh", "hostname", "httpd"))
+    pod = client.V1Pod(metadata=client.V1ObjectMeta(name="bound", labels={"app": "bound"}), spec=client.V1PodSpec(
+        node_name=w1, termination_grace_period_seconds=1, containers=[client.V1Container(
+            name="httpd", image=image, image_pull_policy="Never", command=["/bin/sh", "-c", (
+                'echo "$(hostname -i)" > /tmp/index.html && exec httpd -f -h /tmp -p "$(hostname -i):8081"')])]))
+    api.create_namespaced_pod("default", pod)
+    try:
+        ip = wait_ready(api, "bound").status.pod_ip
+        assert ask(cluster, f"http://{ip}:8081/") == ip
+        answer = answer_of(cli_migrate(cluster, "default/bound", w2))
+        assert answer["result"] == "migrated", answer
+        moved = api.read_namespaced_pod(answer["report"]["restored_pod"].split("/")[1], "default")
+        assert moved.spec.node_name == w2 and moved.status.pod_ip != ip
+        # the same process, its page written before the move: the old address, served on the new
+        assert ask(cluster, f"http://{moved.status.pod_ip}:8081/") == ip
+    finally:
+        for p in api.list_namespaced_pod("default", label_selector="app=bound").items:
+            delete_pod(api, p.metadata.name)
+    assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
 def test_a_soak_of_20_moves_under_a_writing_client_leaks_nothing_on_the_nodes(api, cluster, counter):
     """The counter moved back and forth 20 times while a client holding one connection asks
     it for the next count every 20 ms: every count it was given is unique and increasing,
@@ -1186,22 +1218,28 @@ def assert_one_copy_on(api, cluster, counter, source, checksum, before):
 @pytest.mark.parametrize("service", ["containerd", "kubelet"])
 def test_the_targets_containerd_or_kubelet_stopped_during_the_restore_rolls_back_with_never_two_copies(
         api, cluster, counter, service):
-    """containerd, then the kubelet, stopped on the target as the restore begins: the restored
-    pod never reports Ready, and once the migration's wait for it runs out (--timeout) it
-    rolls back. Before the source is thawed, whatever the runtime restored on the target is
-    killed through runc (neither containerd nor the kubelet is needed): no counter process
-    runs on the target while the service is still down. With it back, nothing is left."""
+    """containerd, then the kubelet, stopped on the target as the restore begins (by a
+    watcher on the target, the moment the runtime starts restoring a container: from the
+    controller, over SSH, the restored pod could be Ready first): the restored pod never
+    reports Ready, and once the migration's wait for it runs out (--timeout) it rolls back.
+    Before the source is thawed, whatever the runtime restored on the target is killed
+    through runc (neither containerd nor the kubelet is needed): no counter process runs on
+    the target while the service is still down. With it back, nothing is left."""
     source = current(api, "counter")
     target = next(w for w in WORKERS if w != source.spec.node_name)
     checksum = ask(cluster, counter["checksum"])
     before = int(ask(cluster, counter["url"]))
-    cli = cli_migrate(cluster, "default/counter", target, "--timeout", "30")
+    stopper = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[target][0]}",
+                                "until ls -d /var/lib/podmigrate/migrations/2*/payload/*/restore-work >/dev/null 2>&1;"
+                                f" do sleep 0.01; done; systemctl stop {service}"], stderr=subprocess.PIPE, text=True)
     try:
-        until_phase(cli, "restore")
-        node_run(cluster, target, f"systemctl stop {service}")
-        answer = answer_of(cli)
+        answer = answer_of(cli_migrate(cluster, "default/counter", target, "--timeout", "30"))
+        assert stopper.wait(timeout=60) == 0, stopper.stderr.read()
         on_target = node_run(cluster, target, "pgrep -x counter || true").split()
     finally:
+        if stopper.poll() is None:  # the restore never began: the watcher waits on
+            stopper.kill()
+            node_run(cluster, target, "pkill -f 'until l[s] -d /var/lib/podmigrate/migrations' || true")
         node_run(cluster, target, f"systemctl start {service}")
     assert answer["result"] == "rolled back" and answer["exit_code"] == 4, answer
     assert "restored pod counter-" in answer["message"], answer["message"]

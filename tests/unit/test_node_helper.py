@@ -8,8 +8,10 @@ import argparse
 import contextlib
 import hashlib
 import io
+import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -430,7 +432,8 @@ def test_settle_waits_for_a_dump_under_way_and_kills_the_rest_first(tmp_path):
 
 def helper_run(node_helper, tmp_path, *args):
     # runc stands in as /bin/true: no container runs here (the cluster tests kill real ones)
-    env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), PODMIGRATE_RUNC="/bin/true")
+    env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), PODMIGRATE_RUNC="/bin/true",
+               PODMIGRATE_RESTORED_DIR=str(tmp_path / "restored-marks"))
     return subprocess.run([sys.executable, str(node_helper), *args], capture_output=True, text=True, env=env,
                           check=False)
 
@@ -486,6 +489,41 @@ def test_the_engines_rollback_abandons_it_first(tmp_path, node_helper):
     assert again.returncode == 0 and json.loads(again.stdout) == {"ended": []}, again.stderr
 
 
+def test_the_rollback_removes_the_start_mark_of_a_restore_whose_start_containerd_abandoned(tmp_path, node_helper):
+    """The kubelet stopped as the runtime restored a container: containerd abandons the call
+    and the container's bundle, not its restored processes, and runc's list no longer shows
+    whose it is. The rollback finds it by the migration's id its mark for ``start`` holds:
+    killed, deleted from runc (nobody else would), its mark removed; another migration's
+    container is left alone."""
+    staged(tmp_path, ("app",))
+    marks = tmp_path / "restored-marks"
+    marks.mkdir()
+    (marks / "c-app").write_text("app\nm1\n")
+    (marks / "c-other").write_text("app\nm2\n")  # another migration's, still to start
+    # runc, as it answers then: both containers listed, their bundles gone; c-app runs until killed
+    calls, killed = tmp_path / "runc-calls", tmp_path / "killed"
+    runc = tmp_path / "runc"
+    runc.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+case "$3" in
+kill) touch {killed} ;;
+list) s=running; [ -e {killed} ] && s=stopped
+      echo '[{{"id": "c-app", "status": "'$s'", "bundle": "/gone/c-app"}},' \\
+           ' {{"id": "c-other", "status": "running", "bundle": "/gone/c-other"}}]' ;;
+esac
+""")
+    runc.chmod(0o755)
+    env = dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path), PODMIGRATE_RUNC=str(runc),
+               PODMIGRATE_RESTORED_DIR=str(marks))
+    res = subprocess.run([sys.executable, str(node_helper), "end-restored", "m1"], capture_output=True, text=True,
+                         env=env, check=False)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"ended": ["c-app"]}
+    assert sorted(p.name for p in marks.iterdir()) == ["c-other"]
+    done = [line.split()[2:] for line in calls.read_text().splitlines() if "list" not in line]
+    assert done == [["kill", "c-app", "KILL"], ["delete", "--force", "c-app"]], done
+
+
 def test_the_source_nodes_deadline_is_pushed_on_until_it_passes_and_then_no_more(tmp_path, node_helper):
     from podmigrate_node import watch
 
@@ -532,3 +570,60 @@ def test_the_eviction_webhook_is_one_file_of_the_engine_that_runs_without_ansibl
     run = subprocess.run(["/usr/bin/python3", "-I", str(archive)], capture_output=True, text=True, check=False,
                          cwd=tmp_path)
     assert run.returncode == 1 and run.stderr.strip() == "usage: podmigrate-evictions CONFIG.json", run.stderr
+
+
+DUMPED_FILES = Path(__file__).parent / "data" / "criu-files-coredns.img"  # CRIU 4.2.1 dumped it on a node
+
+
+def inet_sockets(path):
+    """(family, type, state, source words, source port, destination words) of each inet
+    socket in a CRIU files image, decoded here without the runtime's codec."""
+    data, sockets = path.read_bytes(), []
+    i = 8
+    while i < len(data):
+        size = int.from_bytes(data[i:i + 4], "little")
+        fields = runtime._fields(data[i + 4:i + 4 + size])
+        i += 4 + size
+        for field, wire, value in fields:
+            if (field, wire) == (4, 2):
+                isk = runtime._fields(value)
+                one = {f: v for f, _w, v in isk if f in (3, 4, 6, 7)}
+                sockets.append((one[3], one[4], one[6], tuple(v for f, _w, v in isk if f == 11), one[7],
+                                tuple(v for f, _w, v in isk if f == 12)))
+    return sockets
+
+
+def test_the_sockets_on_the_pods_old_address_move_to_its_new_one_and_nothing_else_changes(tmp_path):
+    """CoreDNS dumped as it checked its upstream server holds a UDP socket bound to its pod's
+    address and connected to that server (and its TCP connection to the API server); CRIU
+    fails to bind them on a node where the pod has another address. The restore maps them,
+    from the image as dumped each time; the listeners on :: and every other byte stay."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(DUMPED_FILES, images / "files.img")
+    before = inet_sockets(images / "files.img")
+    old = runtime._words(ipaddress.ip_address("10.244.1.13"))
+    moved = [s for s in before if s[3] == old]
+    upstream, api = (runtime._words(ipaddress.ip_address(a)) for a in ("10.255.255.53", "10.96.0.1"))
+    assert sorted((s[:3], s[5]) for s in moved) == [((2, 1, 1), api), ((2, 2, 1), upstream)]  # connected
+    assert len([s for s in before if s[0] == 10 and s[3] == (0, 0, 0, 0)]) == 5  # listening on ::
+
+    # 10.244.2.20 takes a byte more than 10.244.1.13 as a varint: the entries' sizes change
+    for new in ("10.244.2.12", "10.244.2.20"):
+        assert runtime.readdress(images, runtime.address_mapping(["10.244.1.13"], [new, "fd00::5"])) == 2
+        after = inet_sockets(images / "files.img")
+        assert after == [(*s[:3], runtime._words(ipaddress.ip_address(new)), *s[4:]) if s in moved else s
+                         for s in before]
+    assert (images / "files.img").stat().st_size == DUMPED_FILES.stat().st_size + 2
+    assert (images / "files.img.dumped").read_bytes() == DUMPED_FILES.read_bytes()
+    assert runtime.readdress(images, {}) == 0  # restored where it was dumped: as dumped again
+    assert (images / "files.img").read_bytes() == DUMPED_FILES.read_bytes()
+
+
+def test_an_address_maps_to_the_first_of_its_family_and_ipv4_also_in_its_ipv6_form():
+    mapping = runtime.address_mapping(["10.244.2.12", "fd00::1"], ["fd00::2", "10.244.1.13", "10.244.1.14"])
+    words = [runtime._words(ipaddress.ip_address(a)) for a in
+             ("10.244.2.12", "10.244.1.13", "::ffff:10.244.2.12", "::ffff:10.244.1.13", "fd00::1", "fd00::2")]
+    assert mapping == {words[0]: words[1], words[2]: words[3], words[4]: words[5]}
+    assert runtime.address_mapping(["10.244.2.12"], ["10.244.2.12"]) == {}
+    assert runtime.address_mapping(["10.244.2.12"], []) == {}

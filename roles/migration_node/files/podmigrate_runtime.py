@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -47,6 +48,8 @@ SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VALUED = {"--root", "--log", "--log-format", "--criu", "--rootless"}
 OPAQUE = "SCHILY.xattr.trusted.overlay.opaque"
 VOLUMES = "volumes.tar"
+ADDRESSES = "addresses.json"  # the source pod's addresses, in the payload
+IMG_COMMON_MAGIC, FILES_MAGIC, INETSK = 0x54564319, 0x56303138, 4
 
 
 def runc():
@@ -220,6 +223,142 @@ def _apply_members(tar):
         tar.extract(member, "/", set_attrs=True, numeric_owner=True, filter="fully_trusted")
 
 
+# ---------------------------------------------------------------- the pod's address
+
+def netns_addresses(netns):
+    """The global IPv4 and IPv6 addresses in network namespace ``netns`` (a path: the
+    sandbox's bind mount, or /proc/PID/ns/net)."""
+    out = subprocess.run(["nsenter", f"--net={netns}", "ip", "-j", "addr", "show"],
+                         capture_output=True, text=True, check=True).stdout
+    return [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])
+            if a.get("scope") == "global" and a.get("family") in ("inet", "inet6")]
+
+
+def _words(address):
+    """An address as CRIU's images hold it: its bytes as 32-bit words of this machine."""
+    raw = address.packed
+    return tuple(int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, len(raw), 4))
+
+
+def address_mapping(old, new):
+    """{words of a source pod address: words of the restored pod's}, the first global
+    address of each family to the first of the same family (an IPv4 address also in its
+    IPv4-mapped IPv6 form, as an IPv6 socket holds it)."""
+    mapping = {}
+    for version in (4, 6):
+        before = [ipaddress.ip_address(a) for a in old if ipaddress.ip_address(a).version == version]
+        after = [ipaddress.ip_address(a) for a in new if ipaddress.ip_address(a).version == version]
+        if before and after and before[0] != after[0]:
+            mapping[_words(before[0])] = _words(after[0])
+            if version == 4:
+                mapped = [ipaddress.IPv6Address(f"::ffff:{a}") for a in (before[0], after[0])]
+                mapping[_words(mapped[0])] = _words(mapped[1])
+    return mapping
+
+
+def _varint(buf, i):
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _put_varint(value):
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
+def _fields(buf):
+    """A protobuf message as [field, wire type, value] (varints as ints, the rest as bytes)."""
+    i, out = 0, []
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            value, i = bytes(buf[i:i + size]), i + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, i = bytes(buf[i:i + size]), i + size
+        else:
+            raise ValueError(f"protobuf wire type {wire} at {i}")
+        out.append([field, wire, value])
+    return out
+
+
+def _encode(fields):
+    out = bytearray()
+    for field, wire, value in fields:
+        out += _put_varint(field << 3 | wire)
+        out += _put_varint(value) if wire == 0 else _put_varint(len(value)) + value if wire == 2 else value
+    return bytes(out)
+
+
+def _readdress_socket(isk, mapping):
+    """An inet socket (CRIU's inet_sk_entry) with its source and destination address (fields
+    11, 12: repeated uint32) mapped, or None when it holds no mapped address."""
+    fields = _fields(isk)
+    changed = False
+    for number in (11, 12):
+        at = [k for k, (field, wire, _value) in enumerate(fields) if field == number and wire == 0]
+        new = mapping.get(tuple(fields[k][2] for k in at))
+        if new:  # a key matched: as many words as the address has
+            for k, word in zip(at, new, strict=True):
+                fields[k][2] = word
+            changed = True
+    return _encode(fields) if changed else None
+
+
+def readdress(images, mapping):
+    """The sockets of a container's CRIU images (files.img) bound or connected to the source
+    pod's address, moved to the restored pod's: the restored pod has an address of its own
+    (until a pod keeps its address), and CRIU binds a socket to the address it had (a
+    connected UDP socket such as a DNS forwarder's, or a listener on the pod's address
+    would fail the restore: "Can't bind inet socket"). The images as dumped stay in
+    files.img.dumped, so a second restore of the same images maps from them. Returns how
+    many sockets were moved."""
+    path = os.path.join(images, "files.img")
+    dumped = path + ".dumped"
+    if not os.path.exists(path) or not (mapping or os.path.exists(dumped)):
+        return 0
+    if not os.path.exists(dumped):
+        os.link(path, dumped)
+    with open(dumped, "rb") as f:
+        data = f.read()
+    head = 8 if int.from_bytes(data[:4], "little") == IMG_COMMON_MAGIC else 4
+    if int.from_bytes(data[head - 4:head], "little") != FILES_MAGIC:
+        raise ValueError(f"{dumped} is not CRIU's files image")
+    out, i, moved = bytearray(data[:head]), head, 0
+    while i < len(data):
+        size = int.from_bytes(data[i:i + 4], "little")
+        entry = data[i + 4:i + 4 + size]
+        i += 4 + size
+        fields = _fields(entry)
+        if [1, 0, INETSK] in fields:
+            sockets = [field for field in fields if field[:2] == [4, 2]]
+            for field in sockets:
+                socket = _readdress_socket(field[2], mapping)
+                if socket is not None:
+                    field[2], moved, entry = socket, moved + 1, None
+            entry = entry if entry is not None else _encode(fields)
+        out += len(entry).to_bytes(4, "little") + entry
+    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(out)
+    os.replace(path + ".new", path)
+    return moved
+
+
 # ---------------------------------------------------------------- restore
 
 def restore(global_opts, args):
@@ -268,6 +407,7 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
     layer = os.path.join(here, "rootfs.tar")
     if os.path.exists(layer):
         apply_layer(layer, os.path.join(bundle, spec.get("root", {}).get("path", "rootfs")))
+    readdress(os.path.join(here, "images"), restored_addresses(payload, spec))
     work = os.path.join(here, "restore-work")
     os.makedirs(work, mode=0o700, exist_ok=True)
     command = [runc(), *global_opts, "restore", "--detach", "--no-subreaper", "--bundle", bundle,
@@ -279,19 +419,75 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
         command.append("--no-pivot")
     command.append(cid)
     code = subprocess.run(command, check=False).returncode
+    if code != 0:
+        tell_runtime_error(global_opts, "runc restore failed" + criu_errors(os.path.join(work, "restore.log")))
     if code == 0:
         os.makedirs(STARTED, mode=0o700, exist_ok=True)
         with open(os.path.join(STARTED, cid), "w") as f:
-            f.write(name)
+            f.write(f"{name}\n{os.path.basename(os.path.dirname(payload))}\n")
         with open(os.path.join(here, "restored"), "w") as f:
             f.write(cid)
     return code
+
+
+def restored_addresses(payload, spec):
+    """address_mapping from the source pod's addresses (the payload's addresses.json) to
+    those of the pod's network namespace here; {} for a pod in the node's network."""
+    netns = next((ns.get("path") for ns in (spec.get("linux") or {}).get("namespaces") or []
+                  if ns.get("type") == "network"), None)
+    source = os.path.join(payload, ADDRESSES)
+    if not netns or not os.path.exists(source):
+        return {}
+    with open(source) as f:
+        return address_mapping(json.load(f), netns_addresses(netns))
+
+
+def criu_errors(log):
+    """The first errors of a CRIU log and where it stopped."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if "Error" in line][:6]
+    return "\nCRIU's log:\n" + "\n".join([*errors, "...", *lines[-3:]])
+
+
+def tell_runtime_error(global_opts, message):
+    """``message`` as runc's last error in its JSON log (--log): the shim reads that line into
+    the error containerd, the kubelet and so the migration report (the restored pod's
+    status) give; runc's own says no more than "criu failed: type RESTORE errno 0"."""
+    options, i = {}, 0
+    while i < len(global_opts):
+        if global_opts[i] in VALUED and i + 1 < len(global_opts):
+            options[global_opts[i]] = global_opts[i + 1]
+        i += 2 if global_opts[i] in VALUED else 1
+    if "--log" not in options or options.get("--log-format") != "json":
+        print(f"podmigrate-runtime: {message}", file=sys.stderr)
+        return
+    line = {"level": "error", "msg": message.replace("\n", " | "),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(options["--log"], "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def forget_start(cid):
     """The mark ``start`` would have consumed, removed (the container ends without it)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(STARTED, cid))
+
+
+def started_by(migration):
+    """The ids of the containers restored by ``migration`` whose ``start`` has not come (the
+    migration's id is its mark's second line). One whose start containerd abandoned (the
+    kubelet gone mid-call) is no longer runc's container in a bundle: only its mark is left."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for cid in os.listdir(STARTED):
+            with contextlib.suppress(FileNotFoundError), open(os.path.join(STARTED, cid)) as f:
+                if f.read().split("\n")[1:2] == [migration]:
+                    found.append(cid)
+    return found
 
 
 def unpack_volumes(tar_path, target):

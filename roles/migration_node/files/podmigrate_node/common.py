@@ -71,17 +71,6 @@ def du(path):
     return total
 
 
-def criu_errors(log):
-    """The first errors of a CRIU log and where it stopped."""
-    try:
-        with open(log, errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    errors = [line for line in lines if "Error" in line][:6]
-    return "\nCRIU's log:\n" + "\n".join([*errors, "...", *lines[-3:]])
-
-
 class _Null:
     def write(self, _data):
         pass

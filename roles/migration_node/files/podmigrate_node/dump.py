@@ -14,7 +14,7 @@ import sys
 import termios
 import time
 
-from podmigrate_node.common import RUNC_ROOT, SAFE, criu_errors, du, fail, migration_dir, runtime
+from podmigrate_node.common import RUNC_ROOT, SAFE, du, fail, migration_dir, runtime
 from podmigrate_node.pod import empty_dirs, freeze, is_frozen, running, upper_dir
 from podmigrate_node.preflight import open_files, pod_processes
 from podmigrate_node.stream import PageTunnel, open_receive, send
@@ -120,6 +120,11 @@ def dump(args, live, payload, directory, tunnels):
         fail(f"container(s) {', '.join(thawed)} of pod {args.uid} are not frozen")
     report = {"containers": {}}
     drop = fifo_data_to_drop(held_fifos(args.uid, live))
+    if live:  # where the pod's sockets are bound: the restore moves them to the restored pod's address
+        addresses = runtime().netns_addresses(f"/proc/{live[0]['state']['pid']}/ns/net")
+        fd = os.open(os.path.join(payload, runtime().ADDRESSES), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(addresses, f)
     for c in live:
         name = c["name"]
         here = os.path.join(payload, name)
@@ -136,7 +141,7 @@ def dump(args, live, payload, directory, tunnels):
         streamed = tunnel.finish() if tunnel and res.returncode == 0 else None
         if res.returncode != 0:
             said = tunnel.failure() if tunnel else ""
-            fail(f"checkpoint of {name} failed: {res.stderr.strip()[-300:]}" + criu_errors(f"{work}/dump.log")
+            fail(f"checkpoint of {name} failed: {res.stderr.strip()[-300:]}" + runtime().criu_errors(f"{work}/dump.log")
                  + (f"\nthe target's page server: {said}" if said else ""))
         if name in drop:
             os.remove(os.path.join(here, "images", "fifo-data.img"))

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from podmigrate_node.common import SAFE, criu_errors, du, fail, migration_dir, pump
+from podmigrate_node.common import SAFE, du, fail, migration_dir, pump, runtime
 
 
 def untar_part(final, fill):
@@ -187,10 +187,10 @@ def cmd_page_server(args):
     if os.read(ready, 1) != b"\0":
         server.wait()
         fail(f"CRIU's page server did not start: {server.stderr.read().decode(errors='replace')[-400:]}"
-             + criu_errors(log))
+             + runtime().criu_errors(log))
     print("ready", flush=True)
     if server.wait() != 0:
-        fail(f"CRIU's page server failed ({server.returncode})" + criu_errors(log))
+        fail(f"CRIU's page server failed ({server.returncode})" + runtime().criu_errors(log))
     print(json.dumps({"bytes": du(pages)}), flush=True)
 
 

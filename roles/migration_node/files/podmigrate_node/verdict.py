@@ -58,17 +58,20 @@ def wholly_restored(directory):
 def restored_by(migration):
     """{container id: runc's state} of the containers on this node that migration
     ``migration`` restored, or is restoring (the runtime's restore annotation in their OCI
-    spec names it), read from runc alone: it holds with containerd or the kubelet down."""
+    spec names it, or their start mark does), read from runc alone: it holds with
+    containerd or the kubelet down."""
     res = subprocess.run([runtime().runc(), "--root", RUNC_ROOT, "list", "--format", "json"],
                          capture_output=True, check=False)
-    found = {}
+    found, marked = {}, set(runtime().started_by(migration))
     for state in json.loads(res.stdout or b"null") or []:
         try:
             with open(os.path.join(state["bundle"], "config.json")) as f:
                 annotations = json.load(f).get("annotations") or {}
         except (OSError, KeyError, ValueError):
-            continue
-        if annotations.get(runtime().RESTORE_ANNOTATION) == migration:
+            annotations = {}
+        # a restored container whose start containerd abandoned (the kubelet gone mid-call)
+        # has lost its bundle, not its processes: its start mark names the migration
+        if annotations.get(runtime().RESTORE_ANNOTATION) == migration or state.get("id") in marked:
             found[state["id"]] = state
     return found
 
@@ -90,7 +93,12 @@ def abandon(migration, directory, wait):
         if time.monotonic() > deadline:
             fail(f"restored container(s) {', '.join(live)} still run after {wait} s")
         time.sleep(0.05)
-    for cid in restored_by(migration):
+    for cid, state in restored_by(migration).items():
+        if not os.path.exists(os.path.join(state.get("bundle") or "/nonexistent", "config.json")):
+            # containerd abandoned it: nobody else will ever delete it
+            subprocess.run([runtime().runc(), "--root", RUNC_ROOT, "delete", "--force", cid], capture_output=True,
+                           check=False)
+    for cid in {*restored_by(migration), *runtime().started_by(migration)}:
         runtime().forget_start(cid)  # their start, which did nothing, never comes now
     if read(directory) is None:
         write(directory, ABANDONED)
