@@ -45,6 +45,9 @@ def decoy():
             ["ip", "-n", DECOY_NS, "link", "set", "eth0", "up"],
             ["ip", "-n", DECOY_NS, "link", "set", "lo", "up"]]
     listener = None
+    # a run killed before its clean-up left ours behind (the names are the tests' own)
+    subprocess.run(["ip", "link", "del", DECOY_HOST_IF], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "del", DECOY_NS], capture_output=True, check=False)
     try:
         for cmd in cmds:
             subprocess.run(cmd, check=True, capture_output=True)
