@@ -101,7 +101,8 @@ def cmd_migrate(args):
     and shows its progress while it works: each phase, and the bytes moved with their rate
     and the time left (a bar on a terminal). Ends with the migration's summary, or why it
     failed and what became of the pod; the exit code says which (podmigrate --help)."""
-    extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout, "node_deadline": args.node_deadline}
+    extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout, "node_deadline": args.node_deadline,
+             "lock_seconds": args.lock_seconds}
     if args.to:
         extra["target"] = args.to
     if args.share:
@@ -132,7 +133,7 @@ def cmd_drain(args):
     other than those that belong to the node is still on it, 3 when refused."""
     extra = {"node": args.node, "migrate_only": args.migrate_only, "force": args.force, "parallel": args.parallel,
              "eviction_timeout": args.eviction_timeout, "transfer": args.transfer, "timeout": args.timeout,
-             "node_deadline": args.node_deadline}
+             "node_deadline": args.node_deadline, "lock_seconds": args.lock_seconds}
     if args.share:
         extra["share"] = args.share
     result = run_migrate_playbook(with_identity(extra, args), args, playbook="drain.yml")
@@ -160,7 +161,8 @@ def cmd_recover(args):
     """Finish or roll back the migrations whose controller went away (killed, its machine or
     its SSH lost), of one pod or of every pod, from the journal each left in its pod's
     Lease (runs migrate.yml -e recover=true). A migration still renewing its Lease is
-    waited for until it lapses (about 35 s), then refused: its controller still runs.
+    waited for until it lapses (30 s after its last renewal unless
+    --lock-seconds said otherwise, and 5 s more), then refused: its controller still runs.
     Each goes forward when it passed its commit point or its restored pod runs from the
     checkpoint, else back to the source pod; either way what it left on the nodes goes.
     Exit code 0 when nothing is left, 3 when refused, 1 when a recovery failed (what it
@@ -345,6 +347,9 @@ def migration_options(p, target=True):
     p.add_argument("--node-deadline", type=int, default=120, metavar="SECONDS",
                    help="should this controller die and no one run podmigrate recover: how long after its last "
                    "word the source node settles the migration by itself (as the target's verdict says)")
+    p.add_argument("--lock-seconds", type=int, default=30, metavar="SECONDS",
+                   help="should this controller die: how long after its last renewal (every 5 s) the pod's lock "
+                   "lapses, so that podmigrate recover or the pod's next migration can take it over (at least 15)")
 
 
 def drain_options(p):

@@ -335,14 +335,18 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     assert leftovers(cluster) == {w: [] for w in WORKERS}
 
 
-def test_the_cli_says_a_refusal_is_one_and_exits_3(cluster):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/nosuchpod",
+@pytest.mark.parametrize(("options", "why"), [
+    (["default/nosuchpod"], "pod default/nosuchpod not found"),
+    (["default/counter", "--lock-seconds", "14"],
+     "lock_seconds 14 is too short: at least 15 (the lock is renewed every 5 s)")])
+def test_the_cli_says_a_refusal_is_one_and_exits_3(cluster, options, why):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", *options,
                           "-i", str(cluster["inventory"]), "--json"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
     answer = json.loads(res.stdout)
     assert answer["result"] == "refused"
-    assert answer["message"] == "refused, nothing changed: pod default/nosuchpod not found"
+    assert answer["message"] == f"refused, nothing changed: {why}"
 
 
 SUDO_USER = "pmadmin"
@@ -467,13 +471,17 @@ def kill_tree(pid):
             os.kill(p, signal.SIGKILL)
 
 
+LOCK_SECONDS = 15  # the shortest lock: a killed controller's lapses this long after its last renewal
+
+
 def kill_mid_phase(cluster, target, phase, *options, pod="default/counter"):
     """``podmigrate migrate`` of ``pod`` (the counter), killed whole as it tells that ``phase``
-    begins, as a controller dies; its SSH masters (which outlive it) ended. The
-    migration's id."""
+    begins, as a controller dies; its SSH masters (which outlive it) ended. Its lock lasts
+    LOCK_SECONDS. The migration's id."""
     before = set(Path("/tmp").glob("podmigrate-*"))
     cli = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", pod,
-                            "--to", target, "-i", str(cluster["inventory"]), "--json", *options],
+                            "--to", target, "-i", str(cluster["inventory"]), "--json",
+                            "--lock-seconds", str(LOCK_SECONDS), *options],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     told = []
     try:
@@ -519,6 +527,7 @@ def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_co
     kill_mid_phase(cluster, target, phase)
     # while its Lease is renewed by no one and has not lapsed, nothing else may take the pod
     lease = leases.read_namespaced_lease("podmigrate-counter", "default")
+    assert lease.spec.lease_duration_seconds == LOCK_SECONDS
     journal = json.loads(lease.metadata.annotations.get("podmigrate.io/journal") or "{}")
     assert journal.get("steps") or phase == "prepare", lease.metadata.annotations  # killed before its first?
     reports = recover(cluster)

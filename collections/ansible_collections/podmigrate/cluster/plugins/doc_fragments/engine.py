@@ -73,4 +73,11 @@ options:
         back (C(podmigrate-node watch); C(docs/migration.md)).
     type: int
     default: 120
+  lock_seconds:
+    description:
+      - Seconds the pod's lock (its Lease) holds after its controller's last renewal (every
+        5 s). Should the controller die, C(podmigrate recover) or the pod's next migration can
+        take the migration over this long after. At least 15.
+    type: int
+    default: 30
 """

@@ -35,8 +35,8 @@ options:
     description:
       - Instead of a migration, finish or roll back every migration left unfinished (of
         I(pod), else of any pod), whose controller went away, from the journal in its
-        Lease. A Lease still renewed is waited for until it lapses (about 35 s), then
-        refused, as its controller still runs.
+        Lease. A Lease still renewed is waited for until it lapses (its I(lock_seconds) after
+        its last renewal, and 5 s more), then refused, as its controller still runs.
       - Forward when the migration passed its commit point or its restored pod runs from
         the checkpoint, else back to the source pod; either way everything it left on the
         nodes is removed.

@@ -10,7 +10,7 @@ import json
 import os
 
 from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, remote
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, lock, remote
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import transfer as transfers
 
 ARGUMENT_SPEC = {
@@ -25,6 +25,7 @@ ARGUMENT_SPEC = {
     "progress_file": {"type": "path"},
     "timeout": {"type": "int", "default": 600},
     "node_deadline": {"type": "int", "default": engine.NODE_DEADLINE},
+    "lock_seconds": {"type": "int", "default": lock.LEASE_SECONDS},
 }
 NODE_KEYS = ("host", "user", "port", "key", "ssh_args", "become", "become_method", "become_user")
 
@@ -49,6 +50,9 @@ class Controller:
         specs = {name: {k: v for k, v in spec.items() if k in NODE_KEYS and v is not None}
                  for name, spec in p["nodes"].items()}
         problems = [x for name, spec in specs.items() for x in remote.connection_problems(name, **spec)]
+        if p["lock_seconds"] < lock.SHORTEST_LEASE:
+            problems.append(f"lock_seconds {p['lock_seconds']} is too short: at least {lock.SHORTEST_LEASE} (the lock "
+                            f"is renewed every {lock.RENEW_SECONDS} s)")
         if problems:
             module.fail_json(msg="refused, nothing changed: " + "; ".join(problems), problems=problems, report={})
         self.nodes = {name: remote.Node(name, **spec) for name, spec in specs.items()}
@@ -70,4 +74,5 @@ class Controller:
         p = self.module.params
         return {"transfer": p["transfer"], "share_dir": p["share_dir"], "share": p["share"],
                 "report_dir": p["report_dir"], "progress": self.progress, "helper_digest": self.helper_digest,
-                "timeout": p["timeout"], "node_deadline": p["node_deadline"]}
+                "timeout": p["timeout"], "node_deadline": p["node_deadline"],
+                "lock_seconds": p["lock_seconds"]}

@@ -96,7 +96,8 @@ class AlreadyThere(Exception):
 class Migration(Runner):
     def __init__(self, api_client, nodes, namespace, name, target=None, transfer="direct",
                  share_dir="/var/lib/podmigrate/share", share="dir", report_dir=None, progress=None,
-                 helper_digest=None, timeout=600, migration_id=None, node_deadline=NODE_DEADLINE):
+                 helper_digest=None, timeout=600, migration_id=None, node_deadline=NODE_DEADLINE,
+                 lock_seconds=lock.LEASE_SECONDS):
         from kubernetes import client  # imported here: the pure parts need no client
 
         self.client = client
@@ -109,6 +110,7 @@ class Migration(Runner):
         self.helper_digest = helper_digest
         self.timeout = timeout
         self.node_deadline = node_deadline
+        self.lock_seconds = lock_seconds
         self.watching, self.extended = False, 0.0  # the source's watcher, and when it was last told
         migration_id = migration_id or time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
         report = {"id": migration_id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
@@ -390,7 +392,8 @@ class Migration(Runner):
     def pod_lock(self, pod):
         """The lock of ``pod`` (lock.py), by its original name: every incarnation has the one Lease."""
         original = (pod["metadata"].get("annotations") or {}).get(manifest.ORIGINAL_NAME) or self.name
-        return lock.PodLock(self.api_client, self.namespace, original, self.id, log=self.log)
+        return lock.PodLock(self.api_client, self.namespace, original, self.id, duration=self.lock_seconds,
+                            log=self.log)
 
     def lock_problems(self, pod):
         """(Check mode, no lock taken) why the pod's lock stops a migration now: another holds
@@ -1017,17 +1020,16 @@ def unfinished(api_client, namespace=None, name=None):
             if (not name or x["metadata"]["name"] == lock.lease_name(name)) and (lock.journal_of(x) or {}).get("steps")]
 
 
-def recover(api_client, nodes, namespace=None, name=None, wait=lock.LEASE_SECONDS + lock.RENEW_SECONDS,
-            **kw):
+def recover(api_client, nodes, namespace=None, name=None, **kw):
     """Every migration left unfinished (of pod NAMESPACE/NAME, or of all pods): each lapsed
     podmigrate Lease with a journal, recovered (Recovery); a Lease still renewed is waited
-    for up to ``wait`` seconds (its controller may have just died), then refused. Returns
-    the reports; a Lease with nothing left is deleted."""
+    for as long as it lasts and a renewal more (its controller may have just died), then
+    refused. Returns the reports; a Lease with nothing left is deleted."""
     from kubernetes import client
 
     leases = client.CoordinationV1Api(bounded(api_client))
     selector = "app.kubernetes.io/managed-by=podmigrate"
-    deadline = time.monotonic() + wait
+    started, deadline = time.monotonic(), None
     reports = []
     while True:
         found = leases.list_namespaced_lease(namespace, label_selector=selector) if namespace else \
@@ -1046,6 +1048,9 @@ def recover(api_client, nodes, namespace=None, name=None, wait=lock.LEASE_SECOND
                 lock.forget(leases, lease)
         if not live:
             return reports
+        if deadline is None:
+            deadline = started + lock.RENEW_SECONDS + max(
+                (x.get("spec") or {}).get("leaseDurationSeconds") or lock.LEASE_SECONDS for x in live)
         if time.monotonic() > deadline:
             raise MigrationError([f"lease {x['metadata']['namespace']}/{x['metadata']['name']}: "
                                   f"{lock.held_by(x)}: its controller still runs" for x in live])

@@ -9,10 +9,10 @@ journal (runner.py: every undo step, recorded before the change it undoes, and w
 the migration passed its commit point). The API server enforces the compare-and-set: a
 create fails if the Lease exists, and every update carries the resourceVersion read, so it
 fails if anyone changed the Lease meanwhile. A thread renews it every few seconds; a Lease
-not renewed for LEASE_SECONDS (its controller died) can be taken over: by ``podmigrate
-recover``, or by the next migration of the pod, which first finishes or rolls back what
-the journal says was left (engine.Recovery). The commit point itself is a journal write:
-a controller that lost its Lease cannot commit.
+not renewed for its duration (LEASE_SECONDS unless the migration says: its controller died)
+can be taken over: by ``podmigrate recover``, or by the next migration of the pod, which
+first finishes or rolls back what the journal says was left (engine.Recovery). The commit
+point itself is a journal write: a controller that lost its Lease cannot commit.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.plan 
 
 PHASE, SOURCE, TARGET = "podmigrate.io/phase", "podmigrate.io/source", "podmigrate.io/target"
 JOURNAL = "podmigrate.io/journal"
-LEASE_SECONDS = 30  # a Lease not renewed for this long is its dead controller's
+LEASE_SECONDS = 30  # a Lease not renewed for this long is its dead controller's (by default)
 RENEW_SECONDS = 5
+SHORTEST_LEASE = 3 * RENEW_SECONDS  # two renewals may fail before it lapses
 
 
 class LostLock(Exception):
