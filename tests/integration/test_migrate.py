@@ -755,10 +755,17 @@ def test_two_pods_migrated_at_once_to_one_node_both_move(api, cluster, counter):
 
 
 # what a node holds that a migration could leak, counted (or summed) on each worker
+# what the workers hold, counted without what the kubelet's garbage collection (once a
+# minute) removes in its time: the containers of deleted pods, which no longer run, and
+# their snapshots
 HOLDINGS = {
     "migration files (bytes)": "du -sb /var/lib/podmigrate/migrations | cut -f1",
-    "containerd snapshots": "ctr -n k8s.io snapshots ls | tail -n +2 | wc -l",
-    "containerd containers": "ctr -n k8s.io containers ls -q | wc -l",
+    "containerd snapshots (image layers, running containers')": (
+        "{ ctr -n k8s.io containers ls -q | sed 's/^/c /'; "
+        "ctr -n k8s.io tasks ls | awk 'NR > 1 && $3 == \"RUNNING\" {print \"r \" $1}'; "
+        "ctr -n k8s.io snapshots ls | awk 'NR > 1 {print \"s \" $1}'; } | "
+        "awk '{k[$1, $2] = 1} $1 == \"s\" && (!((\"c\", $2) in k) || ((\"r\", $2) in k)) {n++} END {print n + 0}'"),
+    "containerd containers running": "ctr -n k8s.io tasks ls | awk 'NR > 1 && $3 == \"RUNNING\"' | wc -l",
     "iptables rules": "iptables-save | grep -c '^-A'",
     "authorized keys": "grep -c podmigrate- /etc/podmigrate/authorized_keys || true",
     "runc containers": "runc --root /run/containerd/runc/k8s.io list -q | wc -l",
@@ -1123,15 +1130,19 @@ def holdings(cluster):
     return {w: {k: int(node_run(cluster, w, cmd).strip() or 0) for k, cmd in HOLDINGS.items()} for w in WORKERS}
 
 
-def settled_holdings(cluster, timeout=180):
-    """holdings, once the kubelets have removed what the pods earlier tests deleted left
-    behind (a containerd container without a running task, its snapshot; the kubelet's
-    garbage collection runs once a minute), or after ``timeout`` seconds."""
+def settled_holdings(cluster, expected=None, timeout=60):
+    """holdings, once they are ``expected`` (else the same twice, 3 s apart: the containers of
+    a pod deleted a moment ago may be stopping), or after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    dead = "echo $(( $(ctr -n k8s.io containers ls -q | wc -l) - $(ctr -n k8s.io tasks ls | grep -c RUNNING) ))"
-    while any(int(node_run(cluster, w, dead)) for w in WORKERS) and time.monotonic() < deadline:
+    now = holdings(cluster)
+    while time.monotonic() < deadline:
+        if now == expected:
+            break
         time.sleep(3)
-    return holdings(cluster)
+        now, before = holdings(cluster), now
+        if expected is None and now == before:
+            break
+    return now
 
 
 def test_a_server_bound_to_its_pods_address_moves_and_answers_on_the_new_one(api, cluster, tmp_path):
@@ -1183,9 +1194,8 @@ def test_a_soak_of_20_moves_under_a_writing_client_leaks_nothing_on_the_nodes(ap
     values = [a[1] for a in answers if a[1] is not None]
     assert values == sorted(set(values)), f"a count went back or repeated: {values}"
     assert ask_service(cluster, counter["checksum"]) == checksum
-    # the last restored pod's containers replace the first source's: the same once the
-    # kubelets have removed the containers of the deleted pods
-    assert settled_holdings(cluster) == before
+    # the last restored pod's containers replace the first source's
+    assert settled_holdings(cluster, before) == before
     assert leftovers(cluster) == {w: [] for w in WORKERS}
     print(f"\nsoak: 20 moves, {len(values)} answers; MemAvailable kB before {memory}, after "
           f"{ {w: node_run(cluster, w, 'grep MemAvailable /proc/meminfo').split()[1] for w in WORKERS} }")
