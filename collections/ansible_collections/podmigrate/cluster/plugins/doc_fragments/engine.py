@@ -32,13 +32,17 @@ options:
     default: /var/lib/podmigrate/share
   nodes:
     description:
-      - How to reach each node over SSH, by Kubernetes node name, as Ansible reaches it
-        (C(host), C(user), C(port), C(key), C(ssh_args)), and whether Ansible becomes root there
-        (C(become), C(become_method), C(become_user)); the engine's node commands then run
-        through C(sudo -n). A node reached as another user than root without become, or with
-        a become method other than sudo, is refused before anything changes.
+      - How to reach each node over SSH, by Kubernetes node name (C(host), C(user), C(port),
+        C(key), C(ssh_args)), and whether to become root there (C(become), C(become_method),
+        C(become_user)); the engine's node commands then run through C(sudo -n). A node
+        reached as another user than root without become, or with a become method other than
+        sudo, is refused before anything changes.
+      - Default, every host of the inventory's C(control_plane) and C(workers) groups (by its
+        C(kubernetes_node_name), else its name), reached exactly as Ansible reaches it; the
+        module's action resolves each through Ansible's own ssh connection and become plugins
+        (the inventory's variables and their aliases, C(ansible.cfg), the environment). A host
+        Ansible reaches otherwise than by ssh, or with a password, is refused.
     type: dict
-    required: true
   kubeconfig:
     description: Kubeconfig of the cluster.
     type: path

@@ -17,7 +17,7 @@ ARGUMENT_SPEC = {
     "transfer": {"type": "str", "choices": list(transfers.TRANSFERS), "default": "direct"},
     "share": {"type": "str", "choices": list(transfers.SHARES), "default": "dir"},
     "share_dir": {"type": "str", "default": "/var/lib/podmigrate/share"},
-    "nodes": {"type": "dict", "required": True},
+    "nodes": {"type": "dict"},  # the action (plugin_utils/engine_action.py) gives the inventory's
     "kubeconfig": {"type": "path", "required": True},
     "context": {"type": "str"},
     "helper": {"type": "path"},
@@ -48,7 +48,7 @@ class Controller:
         # the version of the helper built from the controller's sources (what the nodes must run)
         self.helper_digest = nodehelper.digest(p["helper"]) if p["helper"] else None
         specs = {name: {k: v for k, v in spec.items() if k in NODE_KEYS and v is not None}
-                 for name, spec in p["nodes"].items()}
+                 for name, spec in (p["nodes"] or {}).items()}
         problems = [x for name, spec in specs.items() for x in remote.connection_problems(name, **spec)]
         if p["lock_seconds"] < lock.SHORTEST_LEASE:
             problems.append(f"lock_seconds {p['lock_seconds']} is too short: at least {lock.SHORTEST_LEASE} (the lock "
