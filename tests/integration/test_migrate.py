@@ -1201,6 +1201,27 @@ def test_a_soak_of_20_moves_under_a_writing_client_leaks_nothing_on_the_nodes(ap
           f"{ {w: node_run(cluster, w, 'grep MemAvailable /proc/meminfo').split()[1] for w in WORKERS} }")
 
 
+@contextlib.contextmanager
+def when_on_node(cluster, node, glob, action):
+    """The shell ``action`` run on ``node`` the moment a path matching ``glob`` appears there,
+    by a watcher on the node itself (from here, over SSH, the migration could be past that
+    point first). Yields a check that the action ran and succeeded; a watcher whose path
+    never appeared is ended on leaving."""
+    watcher = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[node][0]}",
+                                f"until ls -d {glob} >/dev/null 2>&1; do sleep 0.01; done; {action}"],
+                               stderr=subprocess.PIPE, text=True)
+
+    def ran():
+        assert watcher.wait(timeout=60) == 0, watcher.stderr.read()
+
+    try:
+        yield ran
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            node_run(cluster, node, "pkill -f 'until l[s] -d ' || true")  # only the tests' watchers
+
+
 def until_phase(cli, phase):
     """The CLI's progress read until ``phase`` begins."""
     told = []
@@ -1248,17 +1269,13 @@ def test_the_targets_containerd_or_kubelet_stopped_during_the_restore_rolls_back
     target = next(w for w in WORKERS if w != source.spec.node_name)
     checksum = ask(cluster, counter["checksum"])
     before = int(ask(cluster, counter["url"]))
-    stopper = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[target][0]}",
-                                "until ls -d /var/lib/podmigrate/migrations/2*/payload/*/restore-work >/dev/null 2>&1;"
-                                f" do sleep 0.01; done; systemctl stop {service}"], stderr=subprocess.PIPE, text=True)
     try:
-        answer = answer_of(cli_migrate(cluster, "default/counter", target, "--timeout", "30"))
-        assert stopper.wait(timeout=60) == 0, stopper.stderr.read()
+        with when_on_node(cluster, target, "/var/lib/podmigrate/migrations/2*/payload/*/restore-work",
+                          f"systemctl stop {service}") as stopped:
+            answer = answer_of(cli_migrate(cluster, "default/counter", target, "--timeout", "15"))
+            stopped()
         on_target = node_run(cluster, target, "pgrep -x counter || true").split()
     finally:
-        if stopper.poll() is None:  # the restore never began: the watcher waits on
-            stopper.kill()
-            node_run(cluster, target, "pkill -f 'until l[s] -d /var/lib/podmigrate/migrations' || true")
         node_run(cluster, target, f"systemctl start {service}")
     assert answer["result"] == "rolled back" and answer["exit_code"] == 4, answer
     assert "restored pod counter-" in answer["message"], answer["message"]
@@ -1282,18 +1299,13 @@ def test_the_targets_disk_full_during_the_move_rolls_back_to_the_source(api, clu
     migrations = "/var/lib/podmigrate/migrations"
     node_run(cluster, target, f"mount -t tmpfs -o size=256m,mode=0700 podmigrate-test {migrations}")
     try:
-        filler = subprocess.Popen(["ssh", *ssh_options(cluster["state"]), f"root@{NODES[target][0]}",
-                                   f"until ls -d {migrations}/2* >/dev/null 2>&1; do sleep 0.02; done; "
-                                   # only ever the test's own filesystem, never the node's (the host's) disk
-                                   f"mountpoint -q {migrations} && "
-                                   f"fallocate -l $(( $(df -B1 --output=avail {migrations} | tail -n 1) - 1048576 )) "
-                                   f"{migrations}/.fill"], stderr=subprocess.PIPE, text=True)
-        answer = answer_of(cli_migrate(cluster, "default/counter", target))
-        assert filler.wait(timeout=60) == 0, filler.stderr.read()
+        # only ever the test's own filesystem, never the node's (the host's) disk
+        fill = (f"mountpoint -q {migrations} && "
+                f"fallocate -l $(( $(df -B1 --output=avail {migrations} | tail -n 1) - 1048576 )) {migrations}/.fill")
+        with when_on_node(cluster, target, f"{migrations}/2*", fill) as filled:
+            answer = answer_of(cli_migrate(cluster, "default/counter", target))
+            filled()
     finally:
-        if filler.poll() is None:  # the migration never made its directory: the filler waits on
-            filler.kill()
-            node_run(cluster, target, "pkill -f 'until l[s] -d /var/lib/podmigrate/migrations' || true")
         node_run(cluster, target, f"rm -f {migrations}/.fill; umount {migrations}")
     assert answer["result"] == "rolled back" and answer["exit_code"] == 4, answer
     assert "No space left on device" in answer["message"], answer["message"]
