@@ -627,3 +627,19 @@ def test_an_address_maps_to_the_first_of_its_family_and_ipv4_also_in_its_ipv6_fo
     assert mapping == {words[0]: words[1], words[2]: words[3], words[4]: words[5]}
     assert runtime.address_mapping(["10.244.2.12"], ["10.244.2.12"]) == {}
     assert runtime.address_mapping(["10.244.2.12"], []) == {}
+
+
+def test_the_runtime_reads_runcs_command_line_as_the_shim_gives_it_and_says_why_a_restore_failed(tmp_path, capsys):
+    log = tmp_path / "log.json"
+    argv = ["--root", "/run/containerd/runc/k8s.io", "--log", str(log), "--log-format", "json", "--systemd-cgroup",
+            "create", "--bundle", "/b", "cid"]
+    assert runtime.split(argv) == (argv[:7], "create", ["--bundle", "/b", "cid"])
+    assert runtime.split(["--root", "/r"]) == (["--root", "/r"], None, [])
+    assert runtime.global_options(argv[:7]) == ({"--root": "/run/containerd/runc/k8s.io", "--log": str(log),
+                                                 "--log-format": "json", "--systemd-cgroup": True}, 7)
+    runtime.tell_runtime_error(argv[:7], "restore failed\ninet: Can't bind")
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert (line["level"], line["msg"]) == ("error", "restore failed | inet: Can't bind")
+    # without a JSON log, on stderr
+    runtime.tell_runtime_error(["--root", "/r"], "restore failed")
+    assert capsys.readouterr().err == "podmigrate-runtime: restore failed\n"

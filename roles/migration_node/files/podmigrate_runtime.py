@@ -62,15 +62,22 @@ def runc():
     sys.exit("podmigrate-runtime: no runc found (" + ", ".join(RUNC_CANDIDATES) + ")")
 
 
+def global_options(argv):
+    """({option: its value, or True}, the index of the command) of a runc command line."""
+    options, i = {}, 0
+    while i < len(argv) and argv[i].startswith("-"):
+        valued = argv[i] in VALUED
+        options[argv[i]] = (argv[i + 1] if i + 1 < len(argv) else None) if valued else True
+        i += 2 if valued else 1
+    return options, i
+
+
 def split(argv):
     """(global options, command, the command's arguments) of a runc command line."""
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("-"):
-            return argv[:i], arg, argv[i + 1:]
-        i += 2 if arg in VALUED else 1
-    return argv, None, []
+    _, i = global_options(argv)
+    if i >= len(argv):
+        return argv, None, []
+    return argv[:i], argv[i], argv[i + 1:]
 
 
 def create_options(args):
@@ -457,12 +464,8 @@ def tell_runtime_error(global_opts, message):
     """``message`` as runc's last error in its JSON log (--log): the shim reads that line into
     the error containerd, the kubelet and so the migration report (the restored pod's
     status) give; runc's own says no more than "criu failed: type RESTORE errno 0"."""
-    options, i = {}, 0
-    while i < len(global_opts):
-        if global_opts[i] in VALUED and i + 1 < len(global_opts):
-            options[global_opts[i]] = global_opts[i + 1]
-        i += 2 if global_opts[i] in VALUED else 1
-    if "--log" not in options or options.get("--log-format") != "json":
+    options, _ = global_options(global_opts)
+    if not options.get("--log") or options.get("--log-format") != "json":
         print(f"podmigrate-runtime: {message}", file=sys.stderr)
         return
     line = {"level": "error", "msg": message.replace("\n", " | "),

@@ -93,12 +93,13 @@ def abandon(migration, directory, wait):
         if time.monotonic() > deadline:
             fail(f"restored container(s) {', '.join(live)} still run after {wait} s")
         time.sleep(0.05)
-    for cid, state in restored_by(migration).items():
+    stopped = restored_by(migration)
+    for cid, state in stopped.items():
         if not os.path.exists(os.path.join(state.get("bundle") or "/nonexistent", "config.json")):
             # containerd abandoned it: nobody else will ever delete it
             subprocess.run([runtime().runc(), "--root", RUNC_ROOT, "delete", "--force", cid], capture_output=True,
                            check=False)
-    for cid in {*restored_by(migration), *runtime().started_by(migration)}:
+    for cid in {*stopped, *runtime().started_by(migration)}:
         runtime().forget_start(cid)  # their start, which did nothing, never comes now
     if read(directory) is None:
         write(directory, ABANDONED)
