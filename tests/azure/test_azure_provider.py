@@ -394,4 +394,13 @@ def test_teardown_deletes_ours_and_nothing_else(fake_arm, cluster_vars):
     assert run.rc == 0, run.output[-4000:]
     assert run.recap()["localhost"]["changed"] == 0
     assert f"resource group {RG} does not exist" in " ".join(run.output.split())
+    # every module of the role asks the subscription azure_infra_subscription_id names (the
+    # role's module_defaults), not only the one of the environment's credentials
+    other = "0f0f0f0f-0000-4000-8000-00000000000a"
+    fake_arm.clear_log()
+    run = fake_arm.playbook("playbooks/teardown.yml", extra_vars={**cluster_vars, "azure_infra_subscription_id": other})
+    assert run.rc == 0, run.output[-4000:]
+    # (the inventory plugin, which is not the role's, lists the VMs of the environment's)
+    asked = [e["path"].lower() for e in fake_arm.log() if f"/resourcegroups/{RG.lower()}" in e["path"].lower()]
+    assert asked and all(p.startswith(f"/subscriptions/{other}/") for p in asked), asked
     _assert_no_outbound(fake_arm)
