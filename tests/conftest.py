@@ -16,7 +16,7 @@ def project_root() -> Path:
 @pytest.fixture(scope="session")
 def node_helper(tmp_path_factory) -> Path:
     """The node helper as the migration_node role installs it: one file, built from the
-    project's sources (podmigrate_runtime.py beside it, as on a node)."""
+    project's sources (podmigrate_runtime.py and podmigrate_cni.py beside it, as on a node)."""
     from ansible_collections.podmigrate.cluster.plugins.module_utils import nodehelper
 
     files = NODE_FILES
@@ -24,5 +24,6 @@ def node_helper(tmp_path_factory) -> Path:
     helper = where / "podmigrate-node"
     helper.write_bytes(nodehelper.build(str(files)))
     helper.chmod(0o755)
-    (where / "podmigrate_runtime.py").write_bytes((files / "podmigrate_runtime.py").read_bytes())
+    for name in ("podmigrate_runtime.py", "podmigrate_cni.py"):
+        (where / name).write_bytes((files / name).read_bytes())
     return helper

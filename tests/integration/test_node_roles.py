@@ -7,6 +7,7 @@ their idempotence, so the checks run on the nodes the suite already has instead 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -112,9 +113,15 @@ def test_checkpoints_are_root_only_and_forwarding_is_on(host):
 
 
 def test_the_migration_helper_and_podmigrates_runtime_handler(host):
-    for name in ("podmigrate-node", "podmigrate_runtime.py"):
+    for name in ("podmigrate-node", "podmigrate_runtime.py", "podmigrate_cni.py"):
         helper = host.file(f"/usr/local/libexec/podmigrate/{name}")
         assert helper.is_file and helper.mode == 0o755 and helper.user == "root"
+    # podmigrate's CNI plugin, chained after the bridge with the pods' annotations
+    plugin = host.file("/opt/cni/bin/podmigrate-address")
+    assert plugin.is_symlink and plugin.linked_to == "/usr/local/libexec/podmigrate/podmigrate_cni.py"
+    conflist = json.loads(host.file("/etc/cni/net.d/10-podmigrate.conflist").content_string)
+    assert [p["type"] for p in conflist["plugins"]][:2] == ["bridge", "podmigrate-address"]
+    assert conflist["plugins"][1]["capabilities"] == {"io.kubernetes.cri.pod-annotations": True}
     # the helper built from this checkout's modules, its runtime beside it
     assert host.check_output("/usr/local/libexec/podmigrate/podmigrate-node version") == \
         nodehelper.digest(str(NODE_FILES))

@@ -297,13 +297,20 @@ def test_the_helper_is_one_file_whose_sha256_is_its_version(node_helper, tmp_pat
     assert nodehelper.digest(str(copy)) != nodehelper.digest(str(FILES))
 
 
-def test_a_runtime_beside_the_helper_that_is_not_its_own_is_reported_stale(node_helper, tmp_path):
+@pytest.mark.parametrize(("older", "part"), [("podmigrate_runtime.py", "runtime"), ("podmigrate_cni.py", "cni-plugin")])
+def test_a_runtime_or_cni_plugin_beside_the_helper_that_is_not_its_own_is_reported_stale(node_helper, tmp_path,
+                                                                                        older, part):
     (tmp_path / "podmigrate-node").write_bytes(node_helper.read_bytes())
     (tmp_path / "podmigrate-node").chmod(0o755)
-    (tmp_path / "podmigrate_runtime.py").write_text("# an older runtime\n")
+    for name in ("podmigrate_runtime.py", "podmigrate_cni.py"):
+        shutil.copy(FILES / name, tmp_path / name)
     version = subprocess.run([str(tmp_path / "podmigrate-node"), "version"], capture_output=True, text=True,
                              check=True).stdout.strip()
-    assert version.endswith("-stale-runtime")
+    assert version == hashlib.sha256(node_helper.read_bytes()).hexdigest()
+    (tmp_path / older).write_text("# an older one\n")
+    version = subprocess.run([str(tmp_path / "podmigrate-node"), "version"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert version.endswith(f"-stale-{part}")
     help_text = subprocess.run([str(node_helper), "--help"], capture_output=True, text=True, check=True).stdout
     assert "page-server ID NAME PORT" in help_text and "smb-get NAME DEST" in help_text
 
@@ -476,6 +483,18 @@ def test_a_partly_restored_pod_is_abandoned_and_cannot_be_committed_after(tmp_pa
         from podmigrate_node import verdict
         verdict.claim("m1", str(directory))
     assert (directory / "verdict-abandoned").exists() and not (directory / "verdict-restored").exists()
+
+
+@pytest.mark.parametrize(("moved", "expected"), [(False, "abandoned"), (True, "restored")])
+def test_a_restored_pod_that_keeps_its_address_lives_only_once_its_address_moved(tmp_path, node_helper, moved,
+                                                                                  expected):
+    """Every container restored, but the engine had not yet routed the kept address to the
+    target (its controller died in between): not the live copy, which nobody could reach."""
+    directory = staged(tmp_path, ("app", "side"))
+    (directory / "address-expected").touch()
+    if moved:
+        (directory / "address-moved").touch()
+    assert json.loads(helper_run(node_helper, tmp_path, "verdict", "m1").stdout)["verdict"] == expected
 
 
 def test_the_engines_rollback_abandons_it_first(tmp_path, node_helper):

@@ -3,10 +3,11 @@
 """podmigrate's helper on every node (installed by the migration_node role).
 
 The migration engine runs it over SSH; it needs only Python's standard library, zstd,
-ssh, tar, iptables, runc and ctr. It is installed as one file, a Python zip archive of this
-package and podmigrate_runtime.py (module_utils/nodehelper.py builds it; its sha256 is its
-version). Beside it lies podmigrate_runtime.py, the runtime of the ``podmigrate``
-RuntimeClass that restores a pod's containers on the target node.
+ssh, tar, iptables, ip, runc and ctr. It is installed as one file, a Python zip archive of
+this package, podmigrate_runtime.py and podmigrate_cni.py (module_utils/nodehelper.py
+builds it; its sha256 is its version). Beside it lie podmigrate_runtime.py, the runtime of the ``podmigrate``
+RuntimeClass that restores a pod's containers on the target node, and podmigrate_cni.py,
+the CNI plugin that gives a restored pod its kept IP address.
 
   version                         sha256 of the helper's archive (the engine refuses a stale
                                   helper, or a runtime beside it that is not its own)
@@ -54,6 +55,12 @@ RuntimeClass that restores a pod's containers on the target node.
   receive ID NAME                 (the forced command of a migration's one-time SSH key)
                                   unpack stdin into the migration's directory NAME
   fence IP ID / unfence ID        refuse new connections forwarded to a pod IP
+  address IP [--route local|home|NODE-IP] [--hold] [--release]
+                                  a migrated pod's kept address (address.py): where this node
+                                  routes it (and records so, for podmigrate's CNI plugin);
+                                  host-local's reservation of it on the node of its range
+                                  held for the pod, or released (no pod holds it any more)
+  addresses                       what this node routes and holds of kept addresses (JSON)
   smb-check                       reach the SMB share of /etc/podmigrate/smb.json (nothing written)
   smb-put FILE NAME               upload FILE to NAME.part on the share, read it back from the
                                   share (size, sha256), then rename it to NAME; prints both

@@ -10,6 +10,7 @@ import os
 import zipfile
 
 from podmigrate_node import __doc__ as usage
+from podmigrate_node.address import cmd_address, cmd_addresses
 from podmigrate_node.common import fail
 from podmigrate_node.dump import cmd_dump
 from podmigrate_node.fence import cmd_fence, cmd_unfence
@@ -24,21 +25,23 @@ from podmigrate_node.watch import cmd_extend, cmd_watch
 
 def self_digest():
     """The helper's version: the sha256 of the archive it runs from (built by module_utils.
-    nodehelper), when the runtime installed beside it is the one the archive holds; else
-    says which part is stale."""
+    nodehelper), when the runtime and the CNI plugin installed beside it are the ones the
+    archive holds; else says which part is stale."""
     archive = getattr(__loader__, "archive", None)
     if not archive:
         fail("not run from the helper's archive: it has no version")
     with open(archive, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     with zipfile.ZipFile(archive) as z:
-        shipped = z.read("podmigrate_runtime.py")
-    try:
-        with open(os.path.join(os.path.dirname(archive), "podmigrate_runtime.py"), "rb") as f:
-            installed = f.read()
-    except OSError:
-        installed = None
-    return digest if installed == shipped else f"{digest}-stale-runtime"
+        for name, part in (("podmigrate_runtime.py", "runtime"), ("podmigrate_cni.py", "cni-plugin")):
+            try:
+                with open(os.path.join(os.path.dirname(archive), name), "rb") as f:
+                    installed = f.read()
+            except OSError:
+                installed = None
+            if installed != z.read(name):
+                return f"{digest}-stale-{part}"
+    return digest
 
 
 # each command and its arguments: NAME positional, NAME* any number of them; --OPT an option,
@@ -63,6 +66,8 @@ COMMANDS = {
     "settle": (cmd_settle, "migration --wait:float=600 --grace:float=5"),
     "fence": (cmd_fence, "ip migration"),
     "unfence": (cmd_unfence, "migration"),
+    "address": (cmd_address, "ip --route --hold? --release?"),
+    "addresses": (cmd_addresses, ""),
     "smb-check": (cmd_smb_check, ""),
     "smb-put": (cmd_smb_put, "file name"),
     "smb-get": (cmd_smb_get, "name dest --sha256! --size:int!"),

@@ -1,7 +1,8 @@
 # Copyright: podmigrate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The node helper as one file, built from its modules: a Python zip archive of the
-``podmigrate_node`` package and ``podmigrate_runtime.py`` (roles/migration_node/files).
+``podmigrate_node`` package, ``podmigrate_runtime.py`` and ``podmigrate_cni.py``
+(roles/migration_node/files).
 The eviction webhook (roles/migration_webhook) is one such file too: the collection's
 module_utils (the migration engine), run as ``migration/evictions.py``.
 
@@ -20,6 +21,7 @@ import zipfile
 
 PACKAGE = "podmigrate_node"
 RUNTIME = "podmigrate_runtime.py"
+CNI_PLUGIN = "podmigrate_cni.py"
 SHEBANG = b"#!/usr/bin/python3\n"
 ENTRY = b"from podmigrate_node.cli import main\n\nmain()\n"
 ENGINE_ROOT = "ansible_collections/podmigrate/cluster/plugins/module_utils"
@@ -35,7 +37,8 @@ def sources(files_dir):
              for name in os.listdir(package) if name.endswith(".py")}
     if f"{PACKAGE}/cli.py" not in found:
         raise FileNotFoundError(f"{package} holds no node helper (no cli.py)")
-    found[RUNTIME] = os.path.join(files_dir, RUNTIME)
+    for name in (RUNTIME, CNI_PLUGIN):
+        found[name] = os.path.join(files_dir, name)
     return found
 
 
