@@ -102,7 +102,7 @@ def cmd_migrate(args):
     and the time left (a bar on a terminal). Ends with the migration's summary, or why it
     failed and what became of the pod; the exit code says which (podmigrate --help)."""
     extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout, "node_deadline": args.node_deadline,
-             "lock_seconds": args.lock_seconds}
+             "lock_seconds": args.lock_seconds, "keep_address": not args.new_address}
     if args.to:
         extra["target"] = args.to
     if args.share:
@@ -133,7 +133,8 @@ def cmd_drain(args):
     other than those that belong to the node is still on it, 3 when refused."""
     extra = {"node": args.node, "migrate_only": args.migrate_only, "force": args.force, "parallel": args.parallel,
              "eviction_timeout": args.eviction_timeout, "transfer": args.transfer, "timeout": args.timeout,
-             "node_deadline": args.node_deadline, "lock_seconds": args.lock_seconds}
+             "node_deadline": args.node_deadline, "lock_seconds": args.lock_seconds,
+             "keep_address": not args.new_address}
     if args.share:
         extra["share"] = args.share
     result = run_migrate_playbook(with_identity(extra, args), args, playbook="drain.yml")
@@ -350,6 +351,9 @@ def migration_options(p, target=True):
     p.add_argument("--lock-seconds", type=int, default=30, metavar="SECONDS",
                    help="should this controller die: how long after its last renewal (every 5 s) the pod's lock "
                    "lapses, so that podmigrate recover or the pod's next migration can take it over (at least 15)")
+    p.add_argument("--new-address", action="store_true",
+                   help="give the restored pod a new IP address from its node's range (by default it keeps the "
+                   "source's, where the pod network allows it: docs/migration.md)")
 
 
 def drain_options(p):

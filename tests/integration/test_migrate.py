@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import json
 import os
@@ -177,6 +178,31 @@ def leftovers(cluster):
     return {k: [w for w in v if not w.endswith(":")] for k, v in found.items()}
 
 
+def addresses(cluster, nodes=None):
+    """{node: what it routes and holds of kept addresses} (podmigrate-node addresses)."""
+    return {name: {k: v for k, v in json.loads(node_run(cluster, name, "/usr/local/libexec/podmigrate/podmigrate-node "
+                                                                        "addresses")).items() if k != "network"}
+            for name in nodes or [CONTROL_PLANE, *WORKERS]}
+
+
+def node_ip(api, name):
+    return next(a.address for a in api.read_node(name).status.addresses if a.type == "InternalIP")
+
+
+def assert_address_lives_on(api, cluster, ip, home, node):
+    """Every node routes kept address ``ip`` to ``node`` (when the pod lives on the node of its
+    range, ``home``, the ranges' own routes are enough), and no node but ``home`` holds it
+    (which does while the pod lives elsewhere; back home, it may still: it held it before)."""
+    found = addresses(cluster)
+    routes = {name: found[name]["routes"].get(ip) for name in found}
+    held = [name for name in found if ip in found[name]["held"]]
+    if node == home:
+        assert routes == dict.fromkeys(found) and set(held) <= {home}, found
+    else:
+        assert routes == {name: "local" if name == node else node_ip(api, node) for name in found}, found
+        assert held == [home], found
+
+
 def migrate(cluster, pod, target=None, transfer=None):
     extra = {"pod": pod}
     if target:
@@ -210,7 +236,8 @@ def test_the_counter_moves_with_its_memory_and_no_acknowledged_count_is_lost(api
     before = int(ask(cluster, counter["url"]))
     checksum = ask(cluster, counter["checksum"])
     assert checksum.endswith(f" {MEMORY_MIB << 20}")
-    source_uid = api.read_namespaced_pod("counter", "default").metadata.uid
+    source = api.read_namespaced_pod("counter", "default")
+    source_uid, source_ip = source.metadata.uid, source.status.pod_ip
 
     probe = Probe(cluster, counter["url"])
     run = migrate(cluster, "default/counter", target=WORKERS[1])
@@ -241,7 +268,11 @@ def test_the_counter_moves_with_its_memory_and_no_acknowledged_count_is_lost(api
     assert report["result"] == "migrated"
     assert report["api_user"] == "podmigrate-engine"  # its own identity, not the cluster's admin
     assert list(report["phases"]) == ["validate", "prepare", "stage", "fence", "freeze", "checkpoint", "transfer",
-                                      "restore", "verify", "commit"]
+                                      "address", "restore", "verify", "commit"]
+    # it kept its IP address: routed to its node everywhere, still held on the node of its range
+    assert moved.status.pod_ip == source_ip and report["address"] == {"kept": True, "ip": source_ip,
+                                                                       "home": WORKERS[0]}
+    assert_address_lives_on(api, cluster, source_ip, WORKERS[0], WORKERS[1])
     assert report["containers"]["counter"]["checkpoint_bytes"] > MEMORY_MIB << 20
     assert moved.spec.runtime_class_name == "podmigrate"
     # podmigrate's runtime restored it, not containerd (its restore inside CreateContainer is
@@ -296,6 +327,7 @@ def test_check_mode_says_what_would_happen_and_changes_nothing(api, cluster, cou
     assert f"default/counter would move {source.spec.node_name} -> {target} (direct transfer, " in run.output, \
         run.output[-3000:]
     assert "nothing changed (check mode)" in run.output
+    assert f"keeping its address {source.status.pod_ip}" in run.output, run.output[-3000:]
     still = current(api, "counter")
     assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
     with pytest.raises(client.ApiException) as no_lock:
@@ -329,7 +361,11 @@ def test_the_cli_moves_it_back_by_its_original_name(api, cluster, counter):
     answer = json.loads(res.stdout)
     assert answer["result"] == "migrated" and answer["exit_code"] == 0
     assert " migrated in " in answer["message"] and answer["report"]["target"] == WORKERS[0]
-    assert current(api, "counter").spec.node_name == WORKERS[0]
+    back = current(api, "counter")
+    assert back.spec.node_name == WORKERS[0]
+    # back on the node of its range with its address: no node routes it on its own any more
+    assert back.status.pod_ip == answer["report"]["address"]["ip"]
+    assert_address_lives_on(api, cluster, back.status.pod_ip, WORKERS[0], WORKERS[0])
     assert int(ask_service(cluster, counter["url"])) > before
     assert ask(cluster, counter["checksum"]) == checksum
     assert leftovers(cluster) == {w: [] for w in WORKERS}
@@ -516,6 +552,8 @@ def recover(cluster, pod="default/counter"):
     ("prepare", "back"), ("stage", "back"), ("freeze", "back"), ("checkpoint", "back"),
     # the direct transfer sends the payload right after the dump without its controller: then forward
     ("transfer", None),
+    # killed while the pod's address is routed to the target: not the live copy (its verdict), back
+    ("address", "back"),
     ("restore", None), ("verify", None), ("commit", "forward")])
 def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_copy_and_nothing_left(
         api, cluster, counter, phase, way):
@@ -561,7 +599,8 @@ def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_co
     assert saved["result"] == report["result"] and saved["recovery"] == report["recovery"]
     # with what its first controller wrote as each phase began (written whole, though it was
     # killed at any moment): the phases done before it died, up to about the one it died in
-    order = ["validate", "prepare", "stage", "fence", "freeze", "checkpoint", "transfer", "restore", "verify"]
+    order = ["validate", "prepare", "stage", "fence", "freeze", "checkpoint", "transfer", "address", "restore",
+             "verify"]
     done = order.index(phase) if phase in order else len(order)
     before = list(saved["interrupted"]["phases"])
     assert saved["interrupted"]["result"] == "running"
@@ -1147,7 +1186,8 @@ def settled_holdings(cluster, expected=None, timeout=60):
 
 def test_a_server_bound_to_its_pods_address_moves_and_answers_on_the_new_one(api, cluster, tmp_path):
     """A server listening on its pod's address, not on every address (busybox httpd on
-    ``hostname -i``): CRIU binds each socket to the address it had, which the restored pod
+    ``hostname -i``), moved with --new-address (as where the pod network cannot keep its
+    address): CRIU binds each socket to the address it had, which the restored pod
     does not have, so the restore moves the pod's sockets to the new address (a DNS
     forwarder's connected UDP socket the same way: the unit tests, on CoreDNS's dump). The
     moved server answers on the restored pod's address."""
@@ -1162,16 +1202,47 @@ def test_a_server_bound_to_its_pods_address_moves_and_answers_on_the_new_one(api
     try:
         ip = wait_ready(api, "bound").status.pod_ip
         assert ask(cluster, f"http://{ip}:8081/") == ip
-        answer = answer_of(cli_migrate(cluster, "default/bound", w2))
+        answer = answer_of(cli_migrate(cluster, "default/bound", w2, "--new-address"))
         assert answer["result"] == "migrated", answer
         moved = api.read_namespaced_pod(answer["report"]["restored_pod"].split("/")[1], "default")
         assert moved.spec.node_name == w2 and moved.status.pod_ip != ip
+        assert answer["report"]["address"] == {"kept": False, "ip": ip, "why": "not asked to keep it"}
         # the same process, its page written before the move: the old address, served on the new
         assert ask(cluster, f"http://{moved.status.pod_ip}:8081/") == ip
     finally:
         for p in api.list_namespaced_pod("default", label_selector="app=bound").items:
             delete_pod(api, p.metadata.name)
     assert leftovers(cluster) == {w: [] for w in WORKERS}
+
+
+def test_a_migrated_pods_address_is_held_while_it_lives_and_given_back_when_it_ends(api, cluster):
+    """The pod moved off the node of its range keeps its address there: host-local's
+    reservation of it is podmigrate's, so no new pod on that node gets it. Once the moved
+    pod is deleted, the eviction webhook's sweep (every 15 s) gives it back there and every
+    node drops its route of it."""
+    w1, w2 = WORKERS
+    api.create_namespaced_pod("default", counter_pod("keeper", w1))
+    try:
+        ip = wait_ready(api, "keeper").status.pod_ip
+        answer = answer_of(cli_migrate(cluster, "default/keeper", w2))
+        assert answer["result"] == "migrated", answer
+        moved = current(api, "keeper")
+        assert (moved.spec.node_name, moved.status.pod_ip) == (w2, ip)
+        assert_address_lives_on(api, cluster, ip, w1, w2)
+        reservation = node_run(cluster, w1, f"cat /var/lib/cni/networks/podmigrate/{ip}")
+        assert reservation.split() == ["podmigrate-kept", "eth0"], reservation
+    finally:
+        for p in api.list_namespaced_pod("default", label_selector="app=keeper").items:
+            delete_pod(api, p.metadata.name)
+    deadline = time.monotonic() + 60
+    while True:
+        found = addresses(cluster)
+        if not any(ip in held["held"] or ip in held["routes"] for held in found.values()):
+            break
+        assert time.monotonic() < deadline, f"{ip} still held or routed a minute after its pod ended: {found}"
+        time.sleep(2)
+    assert node_run(cluster, w1, f"test -e /var/lib/cni/networks/podmigrate/{ip} && echo held || echo free") == \
+        "free\n"
 
 
 def test_a_soak_of_20_moves_under_a_writing_client_leaks_nothing_on_the_nodes(api, cluster, counter):
@@ -1248,9 +1319,14 @@ def wait_node_ready(api, name, steady=30, timeout=300):
 
 
 def assert_one_copy_on(api, cluster, counter, source, checksum, before):
-    """The source pod, and only it, runs on its node, counting on with its memory."""
+    """The source pod, and only it, runs on its node, counting on with its memory; its
+    address is routed to it again (no node routes it to the target)."""
     still = current(api, "counter")
     assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
+    assert still.status.pod_ip == source.status.pod_ip
+    home = next(n.metadata.name for n in api.list_node().items
+                if ipaddress.ip_address(source.status.pod_ip) in ipaddress.ip_network(n.spec.pod_cidr))
+    assert_address_lives_on(api, cluster, source.status.pod_ip, home, source.spec.node_name)
     assert int(ask(cluster, counter["url"])) > before
     assert ask(cluster, counter["checksum"]) == checksum
 

@@ -459,3 +459,39 @@ def test_a_statefulsets_guard_refuses_only_a_new_pod_of_that_name_that_is_not_th
     assert "team-a/web-0" in rule["message"]
     assert binding["spec"]["matchResources"] == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-a"}}}
+
+
+def test_a_restored_pod_keeps_its_address_only_when_asked_and_a_pod_moved_before_drops_a_stale_one():
+    kept = manifest.restored_pod(pod(), "w2", "m-aaaa", "aaaa", address="10.244.1.5")
+    assert kept["metadata"]["annotations"][manifest.ADDRESS_ANNOTATION] == "10.244.1.5"
+    again = manifest.restored_pod(kept, "cp", "m-bbbb", "bbbb")  # moved on without keeping it
+    assert manifest.ADDRESS_ANNOTATION not in again["metadata"]["annotations"]
+
+
+def test_the_home_of_an_address_is_the_node_whose_pod_range_holds_it():
+    nodes = {name: {**node(name), "spec": {"podCIDR": cidr, "podCIDRs": [cidr, f"fd00:{i}::/64"]}}
+             for i, (name, cidr) in enumerate([("cp", "10.244.0.0/24"), ("w1", "10.244.1.0/24")])}
+    assert plan.address_home("10.244.1.5", nodes) == "w1"
+    assert plan.address_home("10.244.0.200", nodes) == "cp"
+    assert plan.address_home("10.245.0.1", nodes) is None
+    assert plan.address_home("fd00:1::5", nodes) is None and plan.address_home(None, nodes) is None
+
+
+def test_a_kept_address_is_routed_to_the_node_it_lives_on_and_left_to_the_ranges_at_home():
+    ips = {"cp": "10.0.0.1", "w1": "10.0.0.2", "w2": "10.0.0.3"}
+    assert plan.address_routes("w1", "w2", ips) == {"cp": "10.0.0.3", "w1": "10.0.0.3", "w2": "local"}
+    assert plan.address_routes("w1", "w1", ips) == {"cp": "home", "w1": "home", "w2": "home"}
+
+
+def test_the_sweep_gives_back_only_what_no_pod_that_still_runs_holds():
+    from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import addresses
+
+    pods = [pod(),  # 10.244.1.5
+            {"metadata": {"annotations": {manifest.ADDRESS_ANNOTATION: "10.244.1.9"}}, "status": {}},  # staged
+            {**pod(), "status": {"phase": "Succeeded", "podIP": "10.244.1.7"}}]
+    used = addresses.in_use(pods)
+    assert used == {"10.244.1.5", "10.244.1.9"}
+    listings = {"w1": {"held": ["10.244.1.5", "10.244.1.7"], "routes": {}},
+                "w2": {"held": [], "routes": {"10.244.1.7": "local", "10.244.1.9": "local"}},
+                "cp": {"held": [], "routes": {"10.244.1.9": "10.0.0.3"}}}
+    assert addresses.stale(listings, used) == {"w1": ["10.244.1.7"], "w2": ["10.244.1.7"]}

@@ -250,12 +250,13 @@ def _words(address):
 def address_mapping(old, new):
     """{words of a source pod address: words of the restored pod's}, the first global
     address of each family to the first of the same family (an IPv4 address also in its
-    IPv4-mapped IPv6 form, as an IPv6 socket holds it)."""
+    IPv4-mapped IPv6 form, as an IPv6 socket holds it); none for a family whose source
+    address the restored pod has too (it kept its address: podmigrate_cni.py)."""
     mapping = {}
     for version in (4, 6):
         before = [ipaddress.ip_address(a) for a in old if ipaddress.ip_address(a).version == version]
         after = [ipaddress.ip_address(a) for a in new if ipaddress.ip_address(a).version == version]
-        if before and after and before[0] != after[0]:
+        if before and after and before[0] not in after:  # (a pod that keeps its address has it)
             mapping[_words(before[0])] = _words(after[0])
             if version == 4:
                 mapped = [ipaddress.IPv6Address(f"::ffff:{a}") for a in (before[0], after[0])]

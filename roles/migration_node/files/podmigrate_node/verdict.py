@@ -45,8 +45,18 @@ def write(directory, verdict):
         os.close(fd)
 
 
+# empty files of the engine's (they need no room): the restored pod keeps its address, and it is routed here
+ADDRESS_EXPECTED, ADDRESS_MOVED = "address-expected", "address-moved"
+
+
 def wholly_restored(directory):
-    """Every container of the payload restored by the runtime (its ``restored`` mark)."""
+    """Every container of the payload restored by the runtime (its ``restored`` mark), and
+    the pod's address routed here if it keeps it (``address-moved`` beside
+    ``address-expected``: a restored pod that keeps its address is no live copy until the
+    nodes route it to it)."""
+    if os.path.exists(os.path.join(directory, ADDRESS_EXPECTED)) and \
+            not os.path.exists(os.path.join(directory, ADDRESS_MOVED)):
+        return False
     payload = os.path.join(directory, "payload")
     try:
         names = [n for n in os.listdir(payload) if os.path.isdir(os.path.join(payload, n))]

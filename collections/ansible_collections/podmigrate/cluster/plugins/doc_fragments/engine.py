@@ -84,4 +84,12 @@ options:
         take the migration over this long after. At least 15.
     type: int
     default: 30
+  keep_address:
+    description:
+      - The restored pod keeps the source pod's IP address (podmigrate's CNI plugin, chained
+        by the cluster_network role; C(docs/migration.md)). Where it cannot be kept (another
+        pod network, a pod not in a node's IPv4 range) the restored pod gets a new address,
+        said before anything changes. False gives it a new address anyway.
+    type: bool
+    default: true
 """

@@ -26,6 +26,7 @@ ARGUMENT_SPEC = {
     "timeout": {"type": "int", "default": 600},
     "node_deadline": {"type": "int", "default": engine.NODE_DEADLINE},
     "lock_seconds": {"type": "int", "default": lock.LEASE_SECONDS},
+    "keep_address": {"type": "bool", "default": True},
 }
 NODE_KEYS = ("host", "user", "port", "key", "ssh_args", "become", "become_method", "become_user")
 
@@ -75,4 +76,4 @@ class Controller:
         return {"transfer": p["transfer"], "share_dir": p["share_dir"], "share": p["share"],
                 "report_dir": p["report_dir"], "progress": self.progress, "helper_digest": self.helper_digest,
                 "timeout": p["timeout"], "node_deadline": p["node_deadline"],
-                "lock_seconds": p["lock_seconds"]}
+                "lock_seconds": p["lock_seconds"], "keep_address": p["keep_address"]}

@@ -9,8 +9,8 @@ installs. The checkpoint and the restore are podmigrate's own (runc and CRIU on 
 nodes), not the kubelet's or containerd's. The phases, in order (each timed, each told as
 an Event; docs/migration.md describes them, and what a failure in each undoes):
 validate, prepare, images (when the target lacks one), stage, fence, freeze, checkpoint,
-transfer, restore, verify, commit. Any failure before the commit rolls back to the source
-pod, which goes on where it stopped.
+transfer, address (when the pod keeps its IP), restore, verify, commit. Any failure before
+the commit rolls back to the source pod, which goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Migration(Runner):
     def __init__(self, api_client, nodes, namespace, name, target=None, transfer="direct",
                  share_dir="/var/lib/podmigrate/share", share="dir", report_dir=None, progress=None,
                  helper_digest=None, timeout=600, migration_id=None, node_deadline=NODE_DEADLINE,
-                 lock_seconds=lock.LEASE_SECONDS):
+                 lock_seconds=lock.LEASE_SECONDS, keep_address=True):
         from kubernetes import client  # imported here: the pure parts need no client
 
         self.client = client
@@ -111,6 +111,8 @@ class Migration(Runner):
         self.timeout = timeout
         self.node_deadline = node_deadline
         self.lock_seconds = lock_seconds
+        self.keep_address = keep_address
+        self.address = None  # {"ip", "home", "routes"}: the pod's IP, kept (plan_address)
         self.watching, self.extended = False, 0.0  # the source's watcher, and when it was last told
         migration_id = migration_id or time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
         report = {"id": migration_id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
@@ -275,12 +277,14 @@ class Migration(Runner):
                 (pod["metadata"].get("annotations") or {}).get(manifest.RESTORE_ANNOTATION) == self.id:
             self.delete_pod(name, pod["metadata"]["uid"])
 
-    def undo_restore_at_source(self, node, pod):
+    def undo_restore_at_source(self, node, pod, address=None):
         """The rollback of a pod that keeps its name, once its source pod was deleted: the pod
         restored on its source node ``node`` (``pod``, its manifest there) from that node's
         own copy of the checkpoint (it kept it: replace), as on any target. Its restored
         pod elsewhere is gone by then (the newer step)."""
         host, name = self.nodes[node], pod["metadata"]["name"]
+        if address:  # the pod's kept address: routed to its source node again
+            self.route_address(address["ip"], address["routes"], first=node)
         existing = self.read_pod(name)
         if existing is not None and existing["metadata"]["uid"] == self.uid:
             if not existing["metadata"].get("deletionTimestamp"):
@@ -424,11 +428,14 @@ class Migration(Runner):
         bring, memory_bytes = getattr(self, "bring", []), getattr(self, "memory_bytes", None)
         self.report.update(result="would migrate", plan={
             "source": self.report["source"], "target": self.report["target"], "transfer": self.transfer,
-            "memory_bytes": memory_bytes, "images_to_bring": bring,
+            "memory_bytes": memory_bytes, "images_to_bring": bring, "address": self.report.get("address"),
             **({"handed_to": f"{self.owner['kind']} {self.owner['name']}"} if self.owner else {})})
         memory = f", {memory_bytes / 2**20:.0f} MiB of memory to move" if memory_bytes else ""
+        address = self.report.get("address") or {}
+        address = (f", keeping its address {address['ip']}" if address.get("kept") else
+                   f", with a new address ({address['why']})" if address.get("why") else "")
         self.report["summary"] = (f"{self.report['pod']} would move {self.report['source']} -> {self.report['target']} "
-                                  f"({self.transfer} transfer{memory}"
+                                  f"({self.transfer} transfer{memory}{address}"
                                   f"{', bringing ' + ', '.join(bring) if bring else ''}); nothing changed (check mode)")
         return self.report
 
@@ -533,8 +540,55 @@ class Migration(Runner):
         self.containers = [c["name"] for c in pod["spec"]["containers"]]
         self.volumes = [v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v]
         self.pod_ip = (pod.get("status") or {}).get("podIP")
+        self.plan_address(nodes)
         self.owner = owner  # one plan moves: a ReplicaSet's, a Job's, a StatefulSet's, or None
         self.uid = self.uids[self.name] = pod["metadata"]["uid"]
+
+    def plan_address(self, nodes):
+        """Whether the restored pod keeps the source's IP address (``self.address``), and if
+        not, why (the report's ``address``; told before anything changes)."""
+        home = plan.address_home(self.pod_ip, nodes)
+        why = None
+        if not self.keep_address:
+            why = "not asked to keep it"
+        elif home is None:
+            why = f"its address {self.pod_ip} is not in a node's IPv4 pod range"
+        else:
+            lacking = [n.name for n in (self.source, self.target)
+                       if not json.loads(n.helper("addresses"))["network"]["keeps"]]
+            missing = sorted(set(nodes) - set(self.nodes))
+            if lacking:
+                why = f"the pod network of {', '.join(lacking)} does not chain podmigrate's CNI plugin"
+            elif missing:
+                why = f"node(s) {', '.join(missing)} are not in the inventory: their route to it cannot be changed"
+        if why:
+            self.report["address"] = {"kept": False, "ip": self.pod_ip, "why": why}
+            self.log(f"the restored pod gets a new IP address: {why}")
+            return
+        node_ips = {name: plan.node_address(nodes[name], self.nodes[name].host) for name in sorted(nodes)}
+        self.address = {"ip": self.pod_ip, "home": home, "node_ips": node_ips}
+        self.report["address"] = {"kept": True, "ip": self.pod_ip, "home": home}
+
+    def move_address(self):
+        """The pod's address routed to the target on every node, the target first (the source
+        is frozen: nothing can answer from it); on the node of its range, host-local's
+        reservation of it kept from the source pod's deletion. (Not given back on a rollback:
+        the source pod holds the address on, and once it ends, the sweep frees it, as for
+        any pod that ends away from the node of its range: addresses.py.)"""
+        ip, home, node_ips = self.address["ip"], self.address["home"], self.address["node_ips"]
+        if home == self.source.name:
+            self.source.helper("address", ip, "--hold")
+        back = plan.address_routes(home, self.source.name, node_ips)
+        self.rollback_do(f"route {ip} to {self.source.name} again", "address_routes", ip=ip, routes=back)
+        self.route_address(ip, plan.address_routes(home, self.target.name, node_ips), first=self.target.name)
+        self.target.run(f"touch {self.directory}/address-moved")
+
+    def route_address(self, ip, routes, first=None):
+        for name in sorted(routes, key=lambda n: n != first):
+            self.nodes[name].helper("address", ip, "--route", routes[name])
+
+    def undo_address_routes(self, ip, routes):
+        self.route_address(ip, routes)
 
     def creation_guard(self, owner):
         """The guard (guard.py) of a Job's pods, or of a StatefulSet's pod's name."""
@@ -677,12 +731,15 @@ class Migration(Runner):
             self.extend_node_deadline(force=True)
             return
         deadline = time.time() + 3 * self.timeout
-        self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect")
+        # the target's verdict counts the restored pod a live copy only once its address moved
+        expect_address = f" && touch {self.directory}/address-expected" if self.address else ""
+        self.target.run(f"umask 077; echo {deadline:.0f} > {self.directory}/expect{expect_address}")
         lease = None
         if self.owner:  # the Lease controls it until the commit: its ReplicaSet neither counts nor adopts it
             lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": self.lock.name,
                      "uid": self.lock.lease.metadata.uid}
-        restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1], owner=lease)
+        restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1], owner=lease,
+                                         address=(self.address or {}).get("ip"))
         self.restored_name = restored["metadata"]["name"]
         if self.owner:
             self.always_do(f"hand the restored pod to {self.owner['kind']} {self.owner['name']}", "handover",
@@ -713,14 +770,18 @@ class Migration(Runner):
         the start. A rollback from here restores the pod on its source node from the
         source's copy (undo_restore_at_source), once the restored pod is gone."""
         at_source = manifest.restored_pod(self.pod, self.source.name, self.id, self.id.rsplit("-", 1)[1],
-                                          keep_name=True)
+                                          keep_name=True, address=(self.address or {}).get("ip"))
+        back = None
+        if self.address:  # routed to the source again first: its kubelet must reach it to see it Ready
+            back = {"ip": self.address["ip"],
+                    "routes": plan.address_routes(self.address["home"], self.source.name, self.address["node_ips"])}
         self.rollback_do(f"restore the pod on its source node {self.source.name}", "restore_at_source",
-                         node=self.source.name, pod=at_source)
+                         node=self.source.name, pod=at_source, address=back)
         self.source.run(f"touch {self.directory}/{SOURCE_DELETED}")  # its watcher leaves it to recover
         if self.delete_pod(self.name, self.uid):
             self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
         restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1],
-                                         keep_name=True)
+                                         keep_name=True, address=(self.address or {}).get("ip"))
         self.restored_name = restored["metadata"]["name"]
         self.rollback_do("delete the restored pod", "restored", node=self.target.name, name=self.restored_name)
         self.uids[self.restored_name] = self.core.create_namespaced_pod(self.namespace, restored).metadata.uid
@@ -873,6 +934,8 @@ class Migration(Runner):
         self.phase("freeze", self.freeze)
         self.phase("checkpoint", self.checkpoint)
         self.phase("transfer", self.move)
+        if self.address:
+            self.phase("address", self.move_address)
         if self.keeps_name:
             self.phase("replace", self.replace)
         self.phase("restore", self.restore)

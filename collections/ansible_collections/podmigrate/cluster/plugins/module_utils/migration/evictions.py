@@ -20,6 +20,9 @@ sends every eviction (a ``pods/eviction`` CREATE) to this webhook first, which a
   loopback) with the cluster CA's certificate; roles/migration_webhook explains its
   failurePolicy.
 
+The same service gives back the IP addresses migrated pods kept once no pod holds them
+(addresses.py).
+
 The server is this module run as a program (a zip archive built by module_utils.
 nodehelper, installed by roles/migration_webhook): ``python3 podmigrate-evictions CONFIG``.
 """
@@ -33,7 +36,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, manifest, plan, remote
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import (
+    addresses,
+    engine,
+    manifest,
+    plan,
+    remote,
+)
 
 OPT_IN = "podmigrate.io/eviction"
 MIGRATE = "migrate"
@@ -191,6 +200,7 @@ def serve(config):
     def log(line):
         say(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}")
 
+    threading.Thread(target=sweep_addresses, args=(api_client, nodes, log), name="addresses", daemon=True).start()
     Handler.evictions = Evictions(api_client, nodes, parallel=int(config.get("parallel", 2)), log=log,
                                   **config.get("migration") or {})
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -200,6 +210,17 @@ def serve(config):
     server.socket = context.wrap_socket(server.socket, server_side=True)
     log(f"serving evictions on https://{config.get('address', '127.0.0.1')}:{config['port']}")
     server.serve_forever()
+
+
+def sweep_addresses(api_client, nodes, log, seconds=addresses.SWEEP_SECONDS):
+    """The addresses migrated pods kept, given back once no pod holds them (addresses.py),
+    every ``seconds``, for as long as the service runs."""
+    while True:
+        try:
+            addresses.sweep(api_client, nodes, log)
+        except Exception as exc:  # a node or the API server away: the next sweep
+            log(f"the sweep of kept addresses failed: {type(exc).__name__}: {exc}")
+        time.sleep(seconds)
 
 
 def main(argv=None):

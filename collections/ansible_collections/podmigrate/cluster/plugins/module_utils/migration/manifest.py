@@ -12,6 +12,8 @@ ORIGINAL_NAME = "podmigrate.io/migrated-from"
 ORIGINAL_NODE = "podmigrate.io/source-node"
 RUNTIME_CLASS = "podmigrate"
 RESTORE_ANNOTATION = "podmigrate.io/restore"
+# the IP address a restored pod keeps (podmigrate's CNI plugin, roles/migration_node/files/podmigrate_cni.py)
+ADDRESS_ANNOTATION = "podmigrate.io/ip"
 # a ReplicaSet scaling down deletes its pods of the lowest cost first (after those not
 # Running or not Ready): the source is given the lowest at the commit, the restored pod
 # never has it (engine.Migration.hand_over)
@@ -19,7 +21,8 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 LOWEST_COST = -(2**31)
 
 
-def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS, owner=None, keep_name=False):
+def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS, owner=None, keep_name=False,
+                 address=None):
     """The manifest of the pod restored on ``target`` by migration ``migration_id``.
 
     The same containers and images (never pulled: the image must be on the target), labels
@@ -30,7 +33,8 @@ def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS,
     not run again. ``owner``, an ownerReference, is made its controller: the migration's
     Lease, while the source's controller (a ReplicaSet) must not count it yet. With
     ``keep_name`` (a StatefulSet's pod) it has the source's name, and its ownerReferences
-    from the start: it is created once the source is gone.
+    from the start: it is created once the source is gone. ``address``: the source's IP,
+    which the restored pod keeps (annotation ADDRESS_ANNOTATION); without it, a new one.
     """
     spec = copy.deepcopy(pod.get("spec") or {})
     metadata = _moved_metadata(pod, suffix)
@@ -38,6 +42,9 @@ def restored_pod(pod, target, migration_id, suffix, runtime_class=RUNTIME_CLASS,
         metadata["name"] = pod["metadata"]["name"]
         metadata["ownerReferences"] = copy.deepcopy(pod["metadata"].get("ownerReferences") or [])
     metadata["annotations"][RESTORE_ANNOTATION] = migration_id
+    metadata["annotations"].pop(ADDRESS_ANNOTATION, None)
+    if address:
+        metadata["annotations"][ADDRESS_ANNOTATION] = address
     if metadata["annotations"].get(DELETION_COST) == str(LOWEST_COST):
         metadata["annotations"][DELETION_COST] = str(LOWEST_COST + 1)
     if owner:

@@ -409,3 +409,29 @@ def internal_ip(node):
         if address.get("type") == "InternalIP":
             return address.get("address")
     return None
+
+
+def address_home(address, nodes):
+    """The node whose pod range (``spec.podCIDRs``) holds IPv4 ``address`` (its host-local
+    reserves it), or None (``nodes``: {name: Node})."""
+    try:
+        ip = ipaddress.IPv4Address(address or "")
+    except ValueError:
+        return None
+    for name, node in sorted(nodes.items()):
+        spec = node.get("spec") or {}
+        for cidr in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
+            network = ipaddress.ip_network(cidr, strict=False)
+            if network.version == 4 and ip in network:
+                return name
+    return None
+
+
+def address_routes(home, at, node_ips):
+    """{node: its route of a kept address} while the pod lives on node ``at``: ``home``
+    everywhere when that is the node of the address's range (its range's routes cover it);
+    else ``local`` on ``at`` (into its bridge) and ``at``'s IP on every other node
+    (``node_ips``: {node: IP})."""
+    if at == home:
+        return {name: "home" for name in node_ips}
+    return {name: "local" if name == at else node_ips[at] for name in node_ips}
