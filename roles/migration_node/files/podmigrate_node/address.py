@@ -62,21 +62,24 @@ def route(address, to):
         plugin.ip("route", "replace", f"{address}/32", "dev", net["bridge"])
     else:
         plugin.ip("route", "replace", f"{address}/32", "via", _address(to))
-    with open(path + ".part", "w") as f:
-        f.write(to + "\n")
-    os.replace(path + ".part", path)
+    _write(path, to + "\n")
+
+
+def _network_name():
+    return network()["name"] or "podmigrate"
 
 
 def _reservations():
     """host-local's directory of the node's pod network (its reservations, its lock)."""
-    return os.path.join(cni().RESERVATIONS, network()["name"] or "podmigrate")
+    return os.path.join(cni().RESERVATIONS, _network_name())
 
 
 def hold(address):
     """host-local's reservation of ``address`` kept for the migrated pod: its content made
     podmigrate's, so that the source sandbox's deletion does not release it."""
     plugin = cni()
-    lock_path, path = os.path.join(_reservations(), "lock"), os.path.join(_reservations(), address)
+    directory = _reservations()
+    lock_path, path = os.path.join(directory, "lock"), os.path.join(directory, address)
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -126,7 +129,7 @@ def cmd_address(args):
     if args.hold:
         hold(address)
     if args.release:  # no pod holds it any more (the sweep, module_utils/migration/addresses.py)
-        cni().release(network()["name"] or "podmigrate", address)
+        cni().release(_network_name(), address)
 
 
 def cmd_addresses(_args):
