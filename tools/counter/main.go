@@ -85,12 +85,12 @@ func fifo(path string) *os.File {
 	return f
 }
 
-// receive keeps every line read from r
-func receive(r io.Reader) {
+// receive keeps every line read from r, after tag
+func receive(r io.Reader, tag string) {
 	lines := bufio.NewScanner(r)
 	for lines.Scan() {
 		mu.Lock()
-		received = append(received, lines.Text())
+		received = append(received, tag+lines.Text())
 		mu.Unlock()
 	}
 }
@@ -124,11 +124,19 @@ func main() {
 		}
 	}
 	if path := os.Getenv("FIFO_IN"); path != "" {
-		go receive(fifo(path))
+		go receive(fifo(path), "")
 	}
-	if path := os.Getenv("UNIX_LISTEN"); path != "" {
-		_ = os.Remove(path)
-		listener, err := net.Listen("unix", path)
+	// UNIX_LISTEN (a socket's path) and TCP_LISTEN (host:port): every line received on a
+	// connection is kept, after "unix:" or "tcp:"; UNIX_TO and TCP_TO: one connection held
+	// open, each count written to it
+	for _, listen := range [][2]string{{"unix", os.Getenv("UNIX_LISTEN")}, {"tcp", os.Getenv("TCP_LISTEN")}} {
+		if listen[1] == "" {
+			continue
+		}
+		if listen[0] == "unix" {
+			_ = os.Remove(listen[1])
+		}
+		listener, err := net.Listen(listen[0], listen[1])
 		if err != nil {
 			fail(err)
 		}
@@ -138,13 +146,16 @@ func main() {
 				if err != nil {
 					fail(err)
 				}
-				go receive(conn)
+				go receive(conn, listen[0]+":")
 			}
 		}()
 	}
-	if path := os.Getenv("UNIX_TO"); path != "" {
-		conn, err := net.Dial("unix", path)
-		for ; err != nil; conn, err = net.Dial("unix", path) {
+	for _, to := range [][2]string{{"unix", os.Getenv("UNIX_TO")}, {"tcp", os.Getenv("TCP_TO")}} {
+		if to[1] == "" {
+			continue
+		}
+		conn, err := net.Dial(to[0], to[1])
+		for ; err != nil; conn, err = net.Dial(to[0], to[1]) {
 			time.Sleep(100 * time.Millisecond) // the other container listens soon
 		}
 		outs = append(outs, conn)
