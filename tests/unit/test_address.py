@@ -110,6 +110,11 @@ def test_a_restored_pod_gets_its_kept_address_first_and_as_the_source_of_its_rou
     assert result["ips"][1]["address"] == f"{OWN}/24"
     default = next(r for r in routes(node["pod"]) if r["dst"] == "default")
     assert default["prefsrc"] == KEPT
+    # what a dump records of the pod's addresses: the kept one first, as its routes' source
+    sys.path.insert(0, str(NODE_FILES))
+    import podmigrate_runtime
+
+    assert podmigrate_runtime.netns_addresses(node["netns"]) == [KEPT, OWN]
     assert next(r for r in routes(node["pod"]) if r["dst"] == "10.250.2.0/24")["prefsrc"] == KEPT
     # the node routes it into its bridge (its record says it lives here), and packets get there
     assert {"dst": KEPT, "dev": "br0"}.items() <= next(r for r in routes(node["host"]) if r["dst"] == KEPT).items()
@@ -138,6 +143,37 @@ def test_a_staged_pod_gets_no_route_until_the_address_lives_on_its_node(node):
     assert code == 0
     assert not [r for r in routes(node["host"]) if r["dst"] == KEPT]
     assert exchange(node["pod"], node["host"], KEPT) is None
+
+
+KNOCK = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], 7777), timeout=1)\n"
+         "except OSError as exc:\n    print(type(exc).__name__)")
+
+
+def test_a_pod_restored_here_has_its_network_held_until_its_runtime_lifts_the_hold(node):
+    """Until every container is restored, a packet to the pod is dropped, not refused: a
+    client's retransmission then finds its connection's restored socket, not a reset."""
+    (node["tmp"] / "migrations" / "m2").mkdir(parents=True)
+    (node["tmp"] / "addresses" / KEPT).write_text("local\n")
+    code, result = plugin(node, "ADD", {"podmigrate.io/ip": KEPT, "podmigrate.io/restore": "m2"})
+    assert code == 0, result
+    # nothing listens in the pod: held, the client hears nothing (a timeout, not a refusal)
+    knock = ["ip", "netns", "exec", node["host"], sys.executable, "-c", KNOCK, KEPT]
+    assert sh(*knock).stdout.strip() == "TimeoutError"
+    assert exchange(node["pod"], node["host"], KEPT) is None
+    sys.path.insert(0, str(NODE_FILES))
+    import podmigrate_runtime
+
+    podmigrate_runtime.release_network(node["netns"])
+    assert sh(*knock).stdout.strip() == "ConnectionRefusedError"
+    assert exchange(node["pod"], node["host"], KEPT) == "10.250.2.1"
+    podmigrate_runtime.release_network(node["netns"])  # again: nothing to lift, no error
+    # a migration abandoned here (its abort file): a pod created for it is not held
+    (node["tmp"] / "migrations" / "m2" / "abort").touch()
+    sh("ip", "-n", node["pod"], "addr", "del", f"{KEPT}/32", "dev", "eth0")
+    sh("ip", "netns", "exec", node["pod"], "iptables", "-F")
+    code, result = plugin(node, "ADD", {"podmigrate.io/ip": KEPT, "podmigrate.io/restore": "m2"})
+    assert code == 0, result
+    assert sh(*knock).stdout.strip() == "ConnectionRefusedError"
 
 
 def test_a_pod_started_again_on_a_node_without_records_is_routed_there(node):

@@ -645,6 +645,8 @@ def test_an_address_maps_to_the_first_of_its_family_and_ipv4_also_in_its_ipv6_fo
              ("10.244.2.12", "10.244.1.13", "::ffff:10.244.2.12", "::ffff:10.244.1.13", "fd00::1", "fd00::2")]
     assert mapping == {words[0]: words[1], words[2]: words[3], words[4]: words[5]}
     assert runtime.address_mapping(["10.244.2.12"], ["10.244.2.12"]) == {}
+    # a pod that kept its address on an earlier move has that node's too (second): it keeps it again
+    assert runtime.address_mapping(["10.244.2.12", "10.244.1.20"], ["10.244.2.30", "10.244.2.12"]) == {}
     assert runtime.address_mapping(["10.244.2.12"], []) == {}
 
 

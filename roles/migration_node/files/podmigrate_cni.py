@@ -17,6 +17,10 @@ annotations to the plugin (its capability ``io.kubernetes.cri.pod-annotations``)
        written by ``podmigrate-node address IP --route``), or has no record (a node that
        rebooted: the kubelet starts the pod again), but not for a pod its migration staged
        here before the source was frozen, which gets no traffic meant for the source.
+       The network of a pod its migration restores here is held (every packet dropped)
+       until the runtime has restored its every container: a client's packet that came
+       before its connection's socket was back would be refused (a reset); dropped, it is
+       sent again and finds the socket.
   DEL  of the sandbox that had the address last on this node (ADD records it: the
        kubelet tears an older sandbox's network down again when it removes it, after the
        pod came back to the node) removes the node's route of the address into the
@@ -72,6 +76,29 @@ def staged(conf):
         not os.path.exists(os.path.join(directory, "address-moved"))
 
 
+def restoring(conf):
+    """Whether the pod is one its migration restores on this node now (the migration's files
+    here, not abandoned): its network is held until its runtime has restored it."""
+    mid = ((conf.get("runtimeConfig") or {}).get(CAPABILITY) or {}).get(RESTORE) or ""
+    if not mid or "/" in mid or mid.startswith("."):
+        return False
+    directory = os.path.join(MIGRATIONS, mid)
+    return os.path.isdir(directory) and not os.path.exists(os.path.join(directory, "abort"))
+
+
+def hold(netns):
+    """The pod's network held (podmigrate_runtime.hold_network, installed beside this file)."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import podmigrate_runtime
+
+    try:
+        podmigrate_runtime.hold_network(netns)
+    except subprocess.CalledProcessError as exc:
+        raise Failure(f"could not hold the restored pod's network: {exc.stderr.strip()}") from None
+
+
 def kept_address(conf):
     """The address the pod keeps (its annotation), or None."""
     value = ((conf.get("runtimeConfig") or {}).get(CAPABILITY) or {}).get(ANNOTATION)
@@ -115,6 +142,8 @@ def add(conf, netns, ifname, sandbox):
     if address is None:
         return prev
     result, gateway, own = with_address(prev, address, ifname)
+    if restoring(conf):
+        hold(netns)
     os.makedirs(ADDRESSES, mode=0o755, exist_ok=True)
     with open(os.path.join(ADDRESSES, f"{address}.sandbox"), "w") as f:
         f.write(sandbox + "\n")

@@ -234,11 +234,43 @@ def _apply_members(tar):
 
 def netns_addresses(netns):
     """The global IPv4 and IPv6 addresses in network namespace ``netns`` (a path: the
-    sandbox's bind mount, or /proc/PID/ns/net)."""
-    out = subprocess.run(["nsenter", f"--net={netns}", "ip", "-j", "addr", "show"],
-                         capture_output=True, text=True, check=True).stdout
-    return [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])
-            if a.get("scope") == "global" and a.get("family") in ("inet", "inet6")]
+    sandbox's bind mount, or /proc/PID/ns/net), the source of its default route first (a
+    pod that kept its address on an earlier move has the address of its node's range too:
+    podmigrate_cni.py)."""
+    out = subprocess.run(["nsenter", f"--net={netns}", "sh", "-c", "ip -j addr show; ip -j route show default"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    found = [a["local"] for link in json.loads(out[0]) for a in link.get("addr_info", [])
+             if a.get("scope") == "global" and a.get("family") in ("inet", "inet6")]
+    sources = [r["prefsrc"] for r in json.loads(out[1]) if r.get("prefsrc") in found] if len(out) > 1 else []
+    return sources[:1] + [a for a in found if a not in sources[:1]]
+
+
+HOLD_CHAIN = "PODMIGRATE-HOLD"
+
+
+def hold_network(netns):
+    """Every packet into and out of network namespace ``netns`` dropped (iptables in it: a
+    chain of one DROP that INPUT and OUTPUT jump to first), until release_network. A
+    frozen pod's kernel then acknowledges nothing its dump will not have and sends no
+    reset or FIN when its processes are killed; a restored pod's receives nothing before
+    its sockets are all back (a packet dropped is sent again by its peer; one refused
+    would end the connection)."""
+    rules = (f"*filter\n:{HOLD_CHAIN} - [0:0]\n-A {HOLD_CHAIN} -j DROP\n"
+             f"-I INPUT 1 -j {HOLD_CHAIN}\n-I OUTPUT 1 -j {HOLD_CHAIN}\nCOMMIT\n")
+    subprocess.run(["nsenter", f"--net={netns}", "iptables-restore", "-w", "--noflush"], input=rules, text=True,
+                   capture_output=True, check=True)
+
+
+def release_network(netns):
+    """hold_network's drop lifted (its chain emptied); nothing if there is none."""
+    subprocess.run(["nsenter", f"--net={netns}", "iptables", "-w", "-F", HOLD_CHAIN], capture_output=True,
+                   check=False)
+
+
+def spec_netns(spec):
+    """The path of a container's network namespace in its OCI spec, or None (the node's)."""
+    return next((ns.get("path") for ns in (spec.get("linux") or {}).get("namespaces") or []
+                 if ns.get("type") == "network"), None)
 
 
 def _words(address):
@@ -250,13 +282,13 @@ def _words(address):
 def address_mapping(old, new):
     """{words of a source pod address: words of the restored pod's}, the first global
     address of each family to the first of the same family (an IPv4 address also in its
-    IPv4-mapped IPv6 form, as an IPv6 socket holds it); none for a family whose source
-    address the restored pod has too (it kept its address: podmigrate_cni.py)."""
+    IPv4-mapped IPv6 form, as an IPv6 socket holds it); none for a family one of whose
+    source addresses the restored pod has too (it kept its address: podmigrate_cni.py)."""
     mapping = {}
     for version in (4, 6):
         before = [ipaddress.ip_address(a) for a in old if ipaddress.ip_address(a).version == version]
         after = [ipaddress.ip_address(a) for a in new if ipaddress.ip_address(a).version == version]
-        if before and after and before[0] not in after:  # (a pod that keeps its address has it)
+        if before and after and not set(before) & set(after):  # (a pod that keeps its address has it)
             mapping[_words(before[0])] = _words(after[0])
             if version == 4:
                 mapped = [ipaddress.IPv6Address(f"::ffff:{a}") for a in (before[0], after[0])]
@@ -415,18 +447,24 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
     layer = os.path.join(here, "rootfs.tar")
     if os.path.exists(layer):
         apply_layer(layer, os.path.join(bundle, spec.get("root", {}).get("path", "rootfs")))
-    readdress(os.path.join(here, "images"), restored_addresses(payload, spec))
+    mapping = restored_addresses(payload, spec)
+    readdress(os.path.join(here, "images"), mapping)
     work = os.path.join(here, "restore-work")
     os.makedirs(work, mode=0o700, exist_ok=True)
     command = [runc(), *global_opts, "restore", "--detach", "--no-subreaper", "--bundle", bundle,
                "--image-path", os.path.join(here, "images"), "--work-path", work]
+    # established TCP connections (dumped with the pod) live on where the pod kept its
+    # address; with a new one their peers could not know them: restored closed
+    if not mapping:
+        command.append("--tcp-established")
+    env = criu_config(os.path.join(work, "criu.conf"), ["tcp-close" if mapping else "no-tcp-close"])
     for option in ("--pid-file", "--console-socket"):
         if option in opts:
             command += [option, opts[option]]
     if opts.get("--no-pivot"):
         command.append("--no-pivot")
     command.append(cid)
-    code = subprocess.run(command, check=False).returncode
+    code = subprocess.run(command, check=False, env=env).returncode
     if code != 0:
         tell_runtime_error(global_opts, "runc restore failed" + criu_errors(os.path.join(work, "restore.log")))
     if code == 0:
@@ -435,14 +473,33 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
             f.write(f"{name}\n{os.path.basename(os.path.dirname(payload))}\n")
         with open(os.path.join(here, "restored"), "w") as f:
             f.write(cid)
+        if spec_netns(spec) and all_restored(payload):
+            release_network(spec_netns(spec))  # the pod network's hold (podmigrate_cni.py) lifted
     return code
+
+
+def criu_config(path, lines):
+    """The environment of runc with CRIU's options ``lines`` and ``network-lock skip`` in a
+    configuration file of CRIU's (CRIU_CONFIG_FILE: it overrides /etc/criu/default.conf;
+    what runc asks and /etc/criu/runc.conf override it). ``network-lock skip``: podmigrate
+    holds the pod's network itself (hold_network), from the freeze to the end of the
+    restore, not CRIU for each container's part of it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{line}\n" for line in ["network-lock skip", *lines]))
+    return {**os.environ, "CRIU_CONFIG_FILE": path}
+
+
+def all_restored(payload):
+    """Whether every container dumped into ``payload`` is restored."""
+    names = [n for n in os.listdir(payload) if os.path.isdir(os.path.join(payload, n, "images"))]
+    return all(os.path.exists(os.path.join(payload, n, "restored")) for n in names)
 
 
 def restored_addresses(payload, spec):
     """address_mapping from the source pod's addresses (the payload's addresses.json) to
     those of the pod's network namespace here; {} for a pod in the node's network."""
-    netns = next((ns.get("path") for ns in (spec.get("linux") or {}).get("namespaces") or []
-                  if ns.get("type") == "network"), None)
+    netns = spec_netns(spec)
     source = os.path.join(payload, ADDRESSES)
     if not netns or not os.path.exists(source):
         return {}

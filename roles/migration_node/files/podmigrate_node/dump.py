@@ -132,12 +132,15 @@ def dump(args, live, payload, directory, tunnels):
         os.makedirs(here, mode=0o700)
         os.makedirs(work, mode=0o700)
         started = time.monotonic()
+        # established TCP connections too (a pod that keeps its address keeps them; else
+        # the restore closes them); the pod's network is held since the freeze (pod.freeze)
         command = [runtime().runc(), "--root", RUNC_ROOT, "checkpoint", "--leave-running", "--file-locks",
-                   "--image-path", os.path.join(here, "images"), "--work-path", work]
+                   "--tcp-established", "--image-path", os.path.join(here, "images"), "--work-path", work]
         tunnel = tunnels.get(name)
         if tunnel:
             command += ["--page-server", f"127.0.0.1:{tunnel.local_port}"]
-        res = subprocess.run([*command, c["id"]], capture_output=True, text=True, check=False)
+        env = runtime().criu_config(os.path.join(work, "criu.conf"), ["no-tcp-close"])
+        res = subprocess.run([*command, c["id"]], capture_output=True, text=True, check=False, env=env)
         streamed = tunnel.finish() if tunnel and res.returncode == 0 else None
         if res.returncode != 0:
             said = tunnel.failure() if tunnel else ""

@@ -113,9 +113,11 @@ def cmd_images_present(args):
 
 def freeze(live, directory, timeout=10.0):
     """Freeze the running containers ``live`` (as ``running`` found them) at once: each
-    one's freezer written in one pass, then waited for. Records the signals pending at the
-    freeze (``kill`` waits for the kubelet's). Fails, thawing them all, when one does not
-    freeze or is no longer the process it was. Returns its seconds."""
+    one's freezer written in one pass, then waited for; then hold the pod's network (every
+    packet in and out dropped: its kernel acknowledges nothing more, and sends nothing when
+    the pod ends). Records the signals pending at the freeze (``kill`` waits for the
+    kubelet's). Fails, thawing them all, when one does not freeze or is no longer the
+    process it was. Returns its seconds."""
     started = time.monotonic()
     if not live:
         fail("the pod has no running container")
@@ -131,6 +133,11 @@ def freeze(live, directory, timeout=10.0):
     if gone:
         thaw(live)
         fail(f"container(s) {', '.join(gone)} ended or restarted before the freeze")
+    try:
+        runtime().hold_network(netns(live))
+    except subprocess.CalledProcessError as exc:
+        resume(live)
+        fail(f"could not hold the pod's network: {exc.stderr.strip()}")
     with open(os.path.join(directory, "pending.json"), "w") as f:
         json.dump({c["id"]: pending_signals(c["state"]["pid"]) for c in live}, f)
     return round(time.monotonic() - started, 4)
@@ -142,9 +149,21 @@ def thaw(live):
             set_frozen(c["freezer"], False)
 
 
+def netns(live):
+    """The network namespace of the pod whose running containers are ``live``."""
+    return f"/proc/{live[0]['state']['pid']}/ns/net"
+
+
+def resume(live):
+    """A frozen pod going on where it stopped: thawed, its network's hold lifted."""
+    thaw(live)
+    if live:
+        runtime().release_network(netns(live))
+
+
 def cmd_thaw(args):
     live = running(args.uid)
-    thaw(live)
+    resume(live)
     print(json.dumps({"thawed": [c["name"] for c in live]}))
 
 

@@ -44,7 +44,7 @@ import urllib.parse
 
 from podmigrate_node.common import fail, migration_dir, runtime
 from podmigrate_node.fence import cmd_unfence
-from podmigrate_node.pod import end_frozen, is_frozen, running, thaw
+from podmigrate_node.pod import end_frozen, is_frozen, resume, running
 from podmigrate_node.settle import dumping, processes_of
 from podmigrate_node.stream import migration_ssh
 
@@ -159,7 +159,7 @@ def settle_alone(args, directory):
     if not frozen:
         outcome = "nothing frozen: fence lifted"
     elif verdict == "abandoned":
-        thaw(live)
+        resume(live)
         outcome = "the target abandoned it: thawed, the source pod goes on"
     elif verdict == "restored":
         if not delete_own_pod(args.namespace, args.name, args.uid):
