@@ -69,7 +69,8 @@ def test_only_containerd_and_runc_come_from_sid(host):
 
 def test_criu_works_and_runc_uses_the_roles_options(host):
     assert host.run("criu check").stdout.strip() == "Looks good."
-    assert host.file("/etc/criu/runc.conf").contains("^tcp-close$")
+    assert host.file("/etc/criu/default.conf").contains("^tcp-close$")
+    assert not host.file("/etc/criu/runc.conf").contains("tcp-close")
     assert host.file("/etc/criu/runc.conf").contains("^skip-in-flight$")
 
 

@@ -15,6 +15,7 @@ the commit rolls back to the source pod, which goes on where it stopped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 import os
@@ -284,7 +285,7 @@ class Migration(Runner):
         pod elsewhere is gone by then (the newer step)."""
         host, name = self.nodes[node], pod["metadata"]["name"]
         if address:  # the pod's kept address: routed to its source node again
-            self.route_address(address["ip"], address["routes"], first=node)
+            self.route_address(address["ip"], address["routes"])
         existing = self.read_pod(name)
         if existing is not None and existing["metadata"]["uid"] == self.uid:
             if not existing["metadata"].get("deletionTimestamp"):
@@ -570,22 +571,34 @@ class Migration(Runner):
         self.report["address"] = {"kept": True, "ip": self.pod_ip, "home": home}
 
     def move_address(self):
-        """The pod's address routed to the target on every node, the target first (the source
-        is frozen: nothing can answer from it); on the node of its range, host-local's
-        reservation of it kept from the source pod's deletion. (Not given back on a rollback:
-        the source pod holds the address on, and once it ends, the sweep frees it, as for
-        any pod that ends away from the node of its range: addresses.py.)"""
+        """The pod's address routed to the target on every node, all at once (the source is
+        frozen and its network held: nothing can answer from it; the restored pod's is held
+        until its runtime has restored it, so a packet that comes early is dropped and sent
+        again); on the node of its range, host-local's reservation of it kept from the source
+        pod's deletion. (Not given back on a rollback: the source pod holds the address on,
+        and once it ends, the sweep frees it, as for any pod that ends away from the node of
+        its range: addresses.py.)"""
         ip, home, node_ips = self.address["ip"], self.address["home"], self.address["node_ips"]
-        if home == self.source.name:
-            self.source.helper("address", ip, "--hold")
         back = plan.address_routes(home, self.source.name, node_ips)
         self.rollback_do(f"route {ip} to {self.source.name} again", "address_routes", ip=ip, routes=back)
-        self.route_address(ip, plan.address_routes(home, self.target.name, node_ips), first=self.target.name)
-        self.target.run(f"touch {self.directory}/address-moved")
+        extra = {self.source.name: ["--hold"]} if home == self.source.name else {}
+        self.route_address(ip, plan.address_routes(home, self.target.name, node_ips), extra,
+                           then={self.target.name: f"touch {self.directory}/address-moved"})
 
-    def route_address(self, ip, routes, first=None):
-        for name in sorted(routes, key=lambda n: n != first):
-            self.nodes[name].helper("address", ip, "--route", routes[name])
+    def route_address(self, ip, routes, extra=None, then=None):
+        """Each node of ``routes`` ({node: route}) routing ``ip`` so, all at once (the pod is
+        frozen meanwhile), with the ``extra`` arguments ({node: [...]}) of each, and ``then``
+        a shell command of its own ({node: command}) once it has."""
+        extra, then = extra or {}, then or {}
+
+        def one(name):
+            command = self.nodes[name].helper_command(["address", ip, "--route", routes[name], *extra.get(name, [])])
+            self.nodes[name].run(command + (f" && {then[name]}" if name in then else ""))
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(routes))) as pool:
+            calls = [pool.submit(one, name) for name in routes]
+        for call in calls:
+            call.result()  # (the first failure raised)
 
     def undo_address_routes(self, ip, routes):
         self.route_address(ip, routes)
@@ -665,7 +678,10 @@ class Migration(Runner):
         self.report["images_brought"] = brought
 
     def fence(self):
-        if not self.pod_ip:
+        """New connections to the pod refused on the source node while it moves; not for a
+        pod that keeps its address: its held network drops a new connection's first packet,
+        which the client sends again, and the restored pod answers (docs/migration.md)."""
+        if not self.pod_ip or self.address:
             return
         self.always_do("lift the fence", "fence", node=self.source.name)
         self.source.helper("fence", self.pod_ip, self.id)
