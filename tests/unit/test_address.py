@@ -233,3 +233,35 @@ def test_the_helper_routes_an_address_and_holds_and_releases_its_reservation(nod
     reservation.write_bytes(b"4f1d0c\r\neth0")
     assert helper(node, node_helper, "address", KEPT, "--release").returncode == 0
     assert reservation.read_bytes() == b"4f1d0c\r\neth0"
+
+
+HOST_LOCAL = "/usr/lib/cni/host-local"  # the node's allocator (Debian's containernetworking-plugins)
+
+
+def host_local(node, command, container="newpod"):
+    """host-local itself over the one address KEPT, in the test's reservations (as the
+    bridge plugin runs it for a pod's sandbox)."""
+    conf = {"cniVersion": "1.0.0", "name": "podmigrate",
+            "ipam": {"type": "host-local", "dataDir": str(node["tmp"] / "networks"),
+                     "ranges": [[{"subnet": "10.250.1.0/24", "rangeStart": KEPT, "rangeEnd": KEPT}]]}}
+    env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=container, CNI_NETNS=node["netns"],
+               CNI_IFNAME="eth0", CNI_PATH=os.path.dirname(HOST_LOCAL))
+    return subprocess.run([HOST_LOCAL], input=json.dumps(conf), capture_output=True, text=True, env=env)
+
+
+def test_a_held_address_is_never_handed_to_another_pod_and_is_again_once_released(node, node_helper):
+    """While a migrated pod holds its address elsewhere, the node of its range never gives it
+    to a new pod (host-local, the real allocator, finds it taken); given back, it does."""
+    reservation = node["tmp"] / "networks" / "podmigrate" / KEPT
+    reservation.write_bytes(b"4f1d0c\r\neth0")  # the source pod's sandbox
+    assert helper(node, node_helper, "address", KEPT, "--hold").returncode == 0
+    # the source pod goes: host-local frees what its sandbox holds, and this is not its any more
+    assert host_local(node, "DEL", container="4f1d0c").returncode == 0
+    assert reservation.read_bytes() == b"podmigrate-kept\r\neth0"
+    taken = host_local(node, "ADD")
+    assert taken.returncode != 0 and "no IP addresses available" in taken.stdout + taken.stderr, taken
+    # the migrated pod ended: given back, and the next pod gets it
+    assert helper(node, node_helper, "address", KEPT, "--release").returncode == 0
+    given = host_local(node, "ADD")
+    assert given.returncode == 0, given
+    assert json.loads(given.stdout)["ips"][0]["address"] == f"{KEPT}/24"
