@@ -177,7 +177,13 @@ def leftovers(cluster):
             "for id in $(runc --root /run/containerd/runc/k8s.io list -q); do "
             "[ -d /run/containerd/io.containerd.runtime.v2.task/k8s.io/$id ] || echo abandoned:$id; done; "
             "true")).split()
-    return {k: [w for w in v if not w.endswith(":")] for k, v in found.items()}
+    left = {k: [w for w in v if not w.endswith(":")] for k, v in found.items()}
+    for name, words in left.items():  # what a failure shows of a migration left behind
+        for mid in (w for w in words if re.fullmatch(r"\d{14}-[0-9a-f]{6}", w)):
+            report = cluster["state"] / "reports" / f"{mid}.json"
+            print(f"left on {name}: {mid}:", node_run(cluster, name, f"ls -la /var/lib/podmigrate/migrations/{mid}"),
+                  report.read_text()[-3000:] if report.exists() else "(no report)")
+    return left
 
 
 def addresses(cluster, nodes=None):
