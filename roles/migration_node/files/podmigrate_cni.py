@@ -65,25 +65,29 @@ def ip(*args, netns=None, check=True):
     return done
 
 
+def migration_of(conf):
+    """The directory of the migration that restores the pod (its annotation
+    ``podmigrate.io/restore``) on this node, or None for a pod no migration restores."""
+    mid = ((conf.get("runtimeConfig") or {}).get(CAPABILITY) or {}).get(RESTORE) or ""
+    if not mid or "/" in mid or mid.startswith("."):
+        return None
+    return os.path.join(MIGRATIONS, mid)
+
+
 def staged(conf):
     """Whether the pod is a restored pod its migration staged on this node and has not yet
     routed its address to (the engine's ``address-expected`` without ``address-moved``)."""
-    mid = ((conf.get("runtimeConfig") or {}).get(CAPABILITY) or {}).get(RESTORE) or ""
-    if not mid or "/" in mid or mid.startswith("."):
-        return False
-    directory = os.path.join(MIGRATIONS, mid)
-    return os.path.exists(os.path.join(directory, "address-expected")) and \
+    directory = migration_of(conf)
+    return directory is not None and os.path.exists(os.path.join(directory, "address-expected")) and \
         not os.path.exists(os.path.join(directory, "address-moved"))
 
 
 def restoring(conf):
     """Whether the pod is one its migration restores on this node now (the migration's files
     here, not abandoned): its network is held until its runtime has restored it."""
-    mid = ((conf.get("runtimeConfig") or {}).get(CAPABILITY) or {}).get(RESTORE) or ""
-    if not mid or "/" in mid or mid.startswith("."):
-        return False
-    directory = os.path.join(MIGRATIONS, mid)
-    return os.path.isdir(directory) and not os.path.exists(os.path.join(directory, "abort"))
+    directory = migration_of(conf)
+    return directory is not None and os.path.isdir(directory) and \
+        not os.path.exists(os.path.join(directory, "abort"))
 
 
 def hold(netns):

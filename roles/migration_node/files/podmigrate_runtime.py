@@ -473,8 +473,9 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
             f.write(f"{name}\n{os.path.basename(os.path.dirname(payload))}\n")
         with open(os.path.join(here, "restored"), "w") as f:
             f.write(cid)
-        if spec_netns(spec) and all_restored(payload):
-            release_network(spec_netns(spec))  # the pod network's hold (podmigrate_cni.py) lifted
+        netns = spec_netns(spec)
+        if netns and all_restored(payload):
+            release_network(netns)  # the pod network's hold (podmigrate_cni.py) lifted
     return code
 
 
