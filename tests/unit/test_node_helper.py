@@ -560,6 +560,30 @@ def test_the_source_nodes_deadline_is_pushed_on_until_it_passes_and_then_no_more
     assert watch.due(str(directory))
 
 
+def test_a_migrations_files_are_removed_whole_while_its_deadline_is_pushed_on(tmp_path, node_helper):
+    """``forget`` empties the directory under the deadline lock, which makes no file in it
+    (a lock file there came back while ``rm`` emptied it, and its rmdir failed: "Directory
+    not empty", in a drain in CI): an ``extend`` meanwhile waits, then finds nothing; a
+    watcher's ``due`` after it is False and makes nothing."""
+    from podmigrate_node import watch
+
+    directory = tmp_path / "m1"
+    (directory / "pages").mkdir(parents=True)
+    for i in range(200):
+        (directory / "pages" / f"p{i}").write_bytes(b"x")
+    with watch.deadline_lock(str(directory)) as there:
+        assert there and sorted(p.name for p in directory.iterdir()) == ["pages"]
+        forget = subprocess.Popen([sys.executable, str(node_helper), "forget", "m1"],
+                                  env=dict(os.environ, PODMIGRATE_MIGRATIONS=str(tmp_path)))
+        time.sleep(0.5)
+        assert forget.poll() is None and (directory / "pages" / "p0").exists()  # waits for the lock
+    assert forget.wait(30) == 0 and not directory.exists()
+    late = helper_run(node_helper, tmp_path, "extend", "m1", "--seconds", "60")
+    assert late.returncode != 0 and "has nothing on this node" in late.stderr
+    assert not watch.due(str(directory)) and not directory.exists()
+    assert helper_run(node_helper, tmp_path, "forget", "m1").returncode == 0  # nothing left: done
+
+
 def test_a_restored_container_deleted_before_its_start_leaves_no_mark(tmp_path):
     """The runtime marks a restored container for its `start` (which then does nothing); one
     deleted without that start (its containerd stopped meanwhile, then a rollback) must not

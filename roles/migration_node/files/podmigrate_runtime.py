@@ -428,8 +428,7 @@ def gate(directory, name="gate"):
     """A migration's restores and its abandonment, one at a time on a node (``gate`` beside its
     payload, flock): a restore begins only if the migration is not abandoned (its ``abort``
     file), and the helper's ``end-restored`` writes ``abort`` then takes the gate, so once
-    it holds it no restore of the migration runs or will begin. (The helper holds other
-    locks of a migration's directory the same way, under other names.)"""
+    it holds it no restore of the migration runs or will begin."""
     fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -49,6 +49,8 @@ the CNI plugin that gives a restored pod its kept IP address.
                                   decided once: "restored" when every container runs
                                   restored, else "abandoned" (as end-restored) (verdict.py)
   extend ID [--seconds S]         (source) the controller lives: the watcher's deadline S on
+  forget ID                       the migration's files here removed, under the lock extend
+                                  and the watcher take to write there
   watch ID POD-UID NS NAME        (source, a transient service) past its deadline with no
                                   controller, settle the pod as the target's verdict says:
                                   thaw it, or delete it as this node and kill it (watch.py)

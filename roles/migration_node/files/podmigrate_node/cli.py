@@ -20,7 +20,7 @@ from podmigrate_node.settle import cmd_settle
 from podmigrate_node.smb import cmd_smb_check, cmd_smb_get, cmd_smb_put, cmd_smb_rm
 from podmigrate_node.stream import cmd_forced, cmd_pack, cmd_page_server, cmd_receive, cmd_unpack
 from podmigrate_node.verdict import cmd_end_restored, cmd_verdict
-from podmigrate_node.watch import cmd_extend, cmd_watch
+from podmigrate_node.watch import cmd_extend, cmd_forget, cmd_watch
 
 
 def self_digest():
@@ -62,6 +62,7 @@ COMMANDS = {
     "end-restored": (cmd_end_restored, "migration --wait:float=30"),
     "verdict": (cmd_verdict, "migration --wait:float=30"),
     "extend": (cmd_extend, "migration --seconds:float=120"),
+    "forget": (cmd_forget, "migration"),
     "watch": (cmd_watch, "migration uid namespace name --poll:float=2"),
     "settle": (cmd_settle, "migration --wait:float=600 --grace:float=5"),
     "fence": (cmd_fence, "ip migration"),

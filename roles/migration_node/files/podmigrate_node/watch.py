@@ -32,6 +32,8 @@ follows the same verdict.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -42,7 +44,7 @@ import sys
 import time
 import urllib.parse
 
-from podmigrate_node.common import fail, migration_dir, runtime
+from podmigrate_node.common import fail, migration_dir
 from podmigrate_node.fence import cmd_unfence
 from podmigrate_node.pod import end_frozen, is_frozen, resume, running
 from podmigrate_node.settle import dumping, processes_of
@@ -54,41 +56,74 @@ SOURCE_DELETED = "source-deleted"
 KUBELET_CONF = os.environ.get("PODMIGRATE_KUBELET_CONF", "/etc/kubernetes/kubelet.conf")
 
 
+@contextlib.contextmanager
 def deadline_lock(directory):
-    return runtime().gate(directory, "deadline.lock")
+    """The migration's directory locked (flock on the directory itself, so that taking it
+    makes no file in a directory ``forget`` may be emptying). Yields whether the directory
+    is still there; FileNotFoundError when it was gone before."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield os.path.isdir(directory)
+    finally:
+        os.close(fd)
+
+
+def cmd_forget(args):
+    """The migration's files on this node removed, under its deadline lock: neither
+    ``extend`` nor the watcher writes into the directory while it is emptied."""
+    directory = migration_dir(args.migration)
+    try:
+        with deadline_lock(directory):
+            subprocess.run(["rm", "-rf", "--", directory], check=True)
+    except FileNotFoundError:
+        pass
 
 
 def cmd_extend(args):
     """The controller lives: the watcher's deadline set to --seconds from now (this node's
     clock). Refused once the watcher has taken over (its deadline passed)."""
     directory = migration_dir(args.migration)
-    if not os.path.isdir(directory):
-        fail(f"migration {args.migration} has nothing on this node")
-    with deadline_lock(directory):
-        if os.path.exists(os.path.join(directory, "expired")):
-            fail(f"migration {args.migration}: this node's deadline passed; its watcher settles the migration")
-        until = time.time() + args.seconds
-        with open(os.path.join(directory, "deadline.part"), "w") as f:
-            f.write(f"{until:.3f}\n")
-        os.replace(os.path.join(directory, "deadline.part"), os.path.join(directory, "deadline"))
+    gone = f"migration {args.migration} has nothing on this node"
+    try:
+        with deadline_lock(directory) as there:
+            if not there:
+                fail(gone)
+            if os.path.exists(os.path.join(directory, "expired")):
+                fail(f"migration {args.migration}: this node's deadline passed; its watcher settles the migration")
+            until = time.time() + args.seconds
+            with open(os.path.join(directory, "deadline.part"), "w") as f:
+                f.write(f"{until:.3f}\n")
+            os.replace(os.path.join(directory, "deadline.part"), os.path.join(directory, "deadline"))
+    except FileNotFoundError:
+        fail(gone)
     print(json.dumps({"until": round(until)}))
 
 
 def due(directory):
-    """The deadline passed (marked ``expired``, so that no controller extends it any more)."""
-    with deadline_lock(directory):
-        if os.path.exists(os.path.join(directory, "expired")):
-            return True
-        try:
-            with open(os.path.join(directory, "deadline")) as f:
-                until = float(f.read().strip())
-        except (OSError, ValueError):
-            return False
-        if time.time() < until:
-            return False
-        with open(os.path.join(directory, "expired"), "w"):
-            pass
+    """The deadline passed (marked ``expired``, so that no controller extends it any more);
+    False once the directory is gone (``forget``: the migration ended)."""
+    try:
+        with deadline_lock(directory) as there:
+            return there and expired(directory)
+    except FileNotFoundError:
+        return False
+
+
+def expired(directory):
+    """(due, holding the deadline lock.)"""
+    if os.path.exists(os.path.join(directory, "expired")):
         return True
+    try:
+        with open(os.path.join(directory, "deadline")) as f:
+            until = float(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    if time.time() < until:
+        return False
+    with open(os.path.join(directory, "expired"), "w"):
+        pass
+    return True
 
 
 def kubelet_request(method, path, body=None, conf=KUBELET_CONF):
@@ -191,6 +226,6 @@ def cmd_watch(args):
                 outcome = None
             if outcome:
                 say(f"migration {args.migration} settled without its controller: {outcome}")
-                subprocess.run(["rm", "-rf", "--", directory], check=False)
+                cmd_forget(args)
                 return
         time.sleep(args.poll)

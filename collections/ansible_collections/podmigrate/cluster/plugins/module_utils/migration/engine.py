@@ -159,11 +159,9 @@ class Migration(Runner):
         return (getattr(self.carrier, kind, None) or getattr(self, kind))(**args)
 
     def undo_files(self, node):
-        """The migration's files on ``node`` removed. The source's watcher and the lock's
-        heartbeat (``extend``) take a lock file in the directory now and then, which can
-        reappear while ``rm`` empties it ("Directory not empty"): tried again until gone."""
-        self.nodes[node].run(f"for i in 1 2 3 4 5; do rm -rf {self.directory} 2>/dev/null; "
-                             f"[ -e {self.directory} ] || exit 0; sleep 0.2; done; rm -rf {self.directory}")
+        """The migration's files on ``node`` removed (under the lock that the source's
+        watcher and the lock's heartbeat take to write there)."""
+        self.nodes[node].helper("forget", self.id)
 
     def undo_processes(self, node):
         self.nodes[node].helper("settle", self.id, "--wait", self.timeout, timeout=self.timeout + 60)
