@@ -145,7 +145,7 @@ class Migration(Runner):
                 "lease": self.lock.pod_name if self.lock else None, "containers": self.containers,
                 "source": self.report.get("source"), "target": self.report.get("target"),
                 "restored": self.restored_name, "owner": self.owner, "keeps_name": self.keeps_name,
-                "transfer": self.transfer,
+                "transfer": self.transfer, "address": self.address,
                 "share": self.report.get("share"), "timeout": self.timeout}
 
     def journal_changed(self):
@@ -584,20 +584,23 @@ class Migration(Runner):
         ip, home, node_ips = self.address["ip"], self.address["home"], self.address["node_ips"]
         back = plan.address_routes(home, self.source.name, node_ips)
         self.rollback_do(f"route {ip} to {self.source.name} again", "address_routes", ip=ip, routes=back)
-        extra = {self.source.name: ["--hold"]} if home == self.source.name else {}
         pool = concurrent.futures.ThreadPoolExecutor(1)
-        started = time.monotonic()
-
-        def routed():
-            self.route_address(ip, plan.address_routes(home, self.target.name, node_ips), extra,
-                               then={self.target.name: f"touch {self.directory}/address-moved"})
-            return round(time.monotonic() - started, 3)
-
-        routing = pool.submit(routed)
+        routing = pool.submit(self.route_to_target)
         pool.shutdown(wait=False)
         # a failure of the dump or the transfer: the routing ended before it is undone
         self.on_rollback(("wait for the address's routing", lambda: concurrent.futures.wait([routing])))
         return routing
+
+    def route_to_target(self):
+        """Every node routing the pod's address to the target (the target marked
+        ``address-moved`` once it does), and on the node of its range host-local's
+        reservation of it held; the seconds it took."""
+        started = time.monotonic()
+        ip, home, node_ips = self.address["ip"], self.address["home"], self.address["node_ips"]
+        extra = {self.source.name: ["--hold"]} if home == self.source.name else {}
+        self.route_address(ip, plan.address_routes(home, self.target.name, node_ips), extra,
+                           then={self.target.name: f"touch {self.directory}/address-moved"})
+        return round(time.monotonic() - started, 3)
 
     def route_address(self, ip, routes, extra=None, then=None):
         """Each node of ``routes`` ({node: route}) routing ``ip`` so, all at once (the pod is
@@ -1030,6 +1033,7 @@ class Recovery(Migration):
             pass  # no report directory, or none written there
         self.uid, self.containers, self.restored_name = ctx.get("uid"), ctx.get("containers") or [], ctx.get("restored")
         self.owner, self.keeps_name = ctx.get("owner"), bool(ctx.get("keeps_name"))
+        self.address = ctx.get("address")
         self.report.update(source=ctx.get("source"), target=ctx.get("target"))
         if self.restored_name:
             self.report["restored_pod"] = f"{self.namespace}/{self.restored_name}"
@@ -1049,6 +1053,10 @@ class Recovery(Migration):
         self.log(f"recovering {self.id}: {decision}, as {why}")
         if decision == "forward":
             if not self.committed:
+                if self.address:
+                    # the controller may have died with some nodes routing it to the source
+                    # still (the target marks address-moved once its own route is there)
+                    self.phase("address", self.route_to_target)
                 self.pass_commit_point()
             self.phase("commit", self.end_frozen_source)
             self.done = "recovered: migrated"
