@@ -246,16 +246,20 @@ def netns_addresses(netns):
 
 
 HOLD_CHAIN = "PODMIGRATE-HOLD"
+# CRIU's own packets (soccr.h: "All packets with this mark have not to be blocked"): the
+# restore of a connection its peer had half-closed replays that FIN through a raw socket
+SOCCR_MARK = "0xC114"
 
 
 def hold_network(netns):
     """Every packet into and out of network namespace ``netns`` dropped (iptables in it: a
-    chain of one DROP that INPUT and OUTPUT jump to first), until release_network. A
-    frozen pod's kernel then acknowledges nothing its dump will not have and sends no
-    reset or FIN when its processes are killed; a restored pod's receives nothing before
-    its sockets are all back (a packet dropped is sent again by its peer; one refused
-    would end the connection)."""
-    rules = (f"*filter\n:{HOLD_CHAIN} - [0:0]\n-A {HOLD_CHAIN} -j DROP\n"
+    chain that INPUT and OUTPUT jump to first, dropping all but CRIU's own), until
+    release_network. A frozen pod's kernel then acknowledges nothing its dump will not
+    have and sends no reset or FIN when its processes are killed; a restored pod's
+    receives nothing before its sockets are all back (a packet dropped is sent again by
+    its peer; one refused would end the connection)."""
+    rules = (f"*filter\n:{HOLD_CHAIN} - [0:0]\n-A {HOLD_CHAIN} -m mark --mark {SOCCR_MARK} -j RETURN\n"
+             f"-A {HOLD_CHAIN} -j DROP\n"
              f"-I INPUT 1 -j {HOLD_CHAIN}\n-I OUTPUT 1 -j {HOLD_CHAIN}\nCOMMIT\n")
     subprocess.run(["nsenter", f"--net={netns}", "iptables-restore", "-w", "--noflush"], input=rules, text=True,
                    capture_output=True, check=True)
