@@ -428,12 +428,12 @@ def restore(global_opts, args):
 
 
 @contextlib.contextmanager
-def gate(directory, name="gate"):
+def gate(directory):
     """A migration's restores and its abandonment, one at a time on a node (``gate`` beside its
     payload, flock): a restore begins only if the migration is not abandoned (its ``abort``
     file), and the helper's ``end-restored`` writes ``abort`` then takes the gate, so once
     it holds it no restore of the migration runs or will begin."""
-    fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(directory, "gate"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
