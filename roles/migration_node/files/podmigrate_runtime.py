@@ -429,14 +429,17 @@ def restore(global_opts, args):
 
 @contextlib.contextmanager
 def gate(directory):
-    """A migration's restores and its abandonment, one at a time on a node (``gate`` beside its
-    payload, flock): a restore begins only if the migration is not abandoned (its ``abort``
-    file), and the helper's ``end-restored`` writes ``abort`` then takes the gate, so once
-    it holds it no restore of the migration runs or will begin."""
-    fd = os.open(os.path.join(directory, "gate"), os.O_RDWR | os.O_CREAT, 0o600)
+    """A migration's lock on a node: a flock on its directory itself, so that taking it makes
+    no file in a directory the helper's ``forget`` may be emptying under it. Yields whether
+    the directory is still there; FileNotFoundError when it was gone before. Its restores
+    and its abandonment one at a time: a restore begins only if the migration is not
+    abandoned (its ``abort`` file), and the helper's ``end-restored`` writes ``abort`` then
+    takes the gate, so once it holds it no restore of the migration runs or will begin.
+    (The source's watcher and ``extend`` take it to read and write the deadline.)"""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield os.path.isdir(directory)
     finally:
         os.close(fd)
 

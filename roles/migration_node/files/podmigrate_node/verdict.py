@@ -144,7 +144,10 @@ def cmd_verdict(args):
     if not os.path.isdir(directory):
         print(json.dumps({"verdict": None, "why": "nothing of the migration on this node"}))
         return
-    with runtime().gate(directory):
+    with runtime().gate(directory) as there:
+        if not there:  # removed while it waited (forget)
+            print(json.dumps({"verdict": None, "why": "nothing of the migration on this node"}))
+            return
         verdict, ended = read(directory), []
         if verdict is None:
             if wholly_restored(directory):
@@ -167,7 +170,10 @@ def cmd_end_restored(args):
     if not os.path.isdir(directory):
         print(json.dumps({"ended": []}))
         return
-    with runtime().gate(directory):
+    with runtime().gate(directory) as there:
+        if not there:  # removed while it waited (forget)
+            print(json.dumps({"ended": []}))
+            return
         if read(directory) == RESTORED:
             fail(f"migration {args.migration} was settled forward on this node: its restored pod is the live copy")
         ended = abandon(args.migration, directory, args.wait)

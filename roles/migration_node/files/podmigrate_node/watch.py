@@ -32,8 +32,6 @@ follows the same verdict.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import http.client
 import json
 import os
@@ -44,7 +42,7 @@ import sys
 import time
 import urllib.parse
 
-from podmigrate_node.common import fail, migration_dir
+from podmigrate_node.common import fail, migration_dir, runtime
 from podmigrate_node.fence import cmd_unfence
 from podmigrate_node.pod import end_frozen, is_frozen, resume, running
 from podmigrate_node.settle import dumping, processes_of
@@ -56,17 +54,10 @@ SOURCE_DELETED = "source-deleted"
 KUBELET_CONF = os.environ.get("PODMIGRATE_KUBELET_CONF", "/etc/kubernetes/kubelet.conf")
 
 
-@contextlib.contextmanager
 def deadline_lock(directory):
-    """The migration's directory locked (flock on the directory itself, so that taking it
-    makes no file in a directory ``forget`` may be emptying). Yields whether the directory
-    is still there; FileNotFoundError when it was gone before."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield os.path.isdir(directory)
-    finally:
-        os.close(fd)
+    """The migration's lock (the runtime's gate: a flock on its directory, which makes no
+    file in it). Yields whether the directory is still there."""
+    return runtime().gate(directory)
 
 
 def cmd_forget(args):
