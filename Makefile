@@ -6,7 +6,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
 PLAYBOOKS := site.yml teardown.yml $(wildcard playbooks/*.yml)
 
-.PHONY: setup demo test test-cluster test-others lint sanity unit teardown status artifacts
+.PHONY: setup demo test test-cluster test-others lint lint-checks sanity unit teardown status artifacts
 
 setup:
 	scripts/setup
@@ -17,22 +17,26 @@ demo: setup artifacts
 	$$(ls -d .podmigrate/cache/artifacts/kubernetes-v*/bin/kubectl | tail -n 1) --kubeconfig .podmigrate/kubeconfig get nodes -o wide
 	scripts/demo
 
-test: lint
+test: setup
 	$(MAKE) --no-print-directory -j2 test-cluster test-others
 
 # Two lines of work at once (both must pass). The integration tests need the artifacts and
 # share one cluster of local nodes, on a bridge of its own: they run one after another
-# once the artifacts are built. Meanwhile the tests that need neither run: the Azure
-# provider, the seed-fork molecule scenario (its node has a bridge and state of its own)
-# and the unit tests.
+# once the artifacts are built. Meanwhile the linters and the tests that need neither
+# run: the Azure provider, the seed-fork molecule scenario (its node has a bridge and
+# state of its own) and the unit tests.
 # Each line's output is shown as it comes, whole lines only, each under its line's name.
 test-cluster: artifacts
 	set -o pipefail; pytest --durations=25 tests/integration --ignore=tests/integration/test_molecule.py 2>&1 | sed -u 's/^/[cluster] /'
 
-test-others:
+test-others: setup
+	set -o pipefail; $(MAKE) --no-print-directory lint-checks 2>&1 | sed -u 's/^/[others] /'
 	set -o pipefail; pytest tests/azure tests/unit tests/integration/test_molecule.py 2>&1 | sed -u 's/^/[others] /'
 
 lint: setup
+	$(MAKE) --no-print-directory lint-checks
+
+lint-checks:
 	yamllint --strict .
 	ansible-lint
 	ruff check .

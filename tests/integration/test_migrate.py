@@ -1293,8 +1293,8 @@ def test_a_migrated_pods_address_is_held_while_it_lives_and_given_back_when_it_e
         "free\n"
 
 
-def test_a_soak_of_20_moves_under_a_writing_client_leaks_nothing_on_the_nodes(api, cluster, counter):
-    """The counter moved back and forth 20 times while a client holding one connection asks
+def test_a_soak_of_10_moves_under_a_writing_client_leaks_nothing_on_the_nodes(api, cluster, counter):
+    """The counter moved back and forth 10 times while a client holding one connection asks
     it for the next count every 20 ms: every count it was given is unique and increasing,
     the memory's checksum is the same at the end, and the workers hold what they held
     before (files, snapshots, containers, iptables rules, keys); their available memory
@@ -1304,7 +1304,7 @@ def test_a_soak_of_20_moves_under_a_writing_client_leaks_nothing_on_the_nodes(ap
     memory = {w: node_run(cluster, w, "grep MemAvailable /proc/meminfo").split()[1] for w in WORKERS}
     probe = Probe(cluster, counter["url"], mode="keep")
     try:
-        for _ in range(20):  # by the CLI: the playbook's own start-up, 20 times, would prove nothing more
+        for _ in range(10):  # by the CLI: the playbook's own start-up, 10 times, would prove nothing more
             source = current(api, "counter").spec.node_name
             answer = answer_of(cli_migrate(cluster, "default/counter", next(w for w in WORKERS if w != source)))
             assert answer["result"] == "migrated", answer
@@ -1316,7 +1316,7 @@ def test_a_soak_of_20_moves_under_a_writing_client_leaks_nothing_on_the_nodes(ap
     # the last restored pod's containers replace the first source's
     assert settled_holdings(cluster, before) == before
     assert leftovers(cluster) == {w: [] for w in WORKERS}
-    print(f"\nsoak: 20 moves, {len(values)} answers; MemAvailable kB before {memory}, after "
+    print(f"\nsoak: 10 moves, {len(values)} answers; MemAvailable kB before {memory}, after "
           f"{ {w: node_run(cluster, w, 'grep MemAvailable /proc/meminfo').split()[1] for w in WORKERS} }")
 
 
