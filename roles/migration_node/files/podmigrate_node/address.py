@@ -76,7 +76,10 @@ def _reservations():
 
 def hold(address):
     """host-local's reservation of ``address`` kept for the migrated pod: its content made
-    podmigrate's, so that the source sandbox's deletion does not release it."""
+    podmigrate's, so that the source sandbox's deletion does not release it. If the source
+    sandbox went first and host-local gave the address back (a recovery that goes forward
+    after the source node's watcher deleted the source pod), it is reserved anew, under
+    host-local's lock: no pod of this node holds it then, and none may get it."""
     plugin = cni()
     directory = _reservations()
     lock_path, path = os.path.join(directory, "lock"), os.path.join(directory, address)
@@ -89,9 +92,7 @@ def hold(address):
             content = None
         if content is not None and content.split()[:1] == [plugin.HELD]:
             return  # held since an earlier migration of the pod
-        if content is None:
-            fail(f"host-local holds no reservation of {address} on this node")
-        lines = content.splitlines()  # the sandbox's id, its interface
+        lines = (content or "").splitlines()  # the sandbox's id, its interface
         _write(path, f"{plugin.HELD}\r\n{lines[1] if len(lines) > 1 else 'eth0'}")
 
 
