@@ -789,6 +789,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _control(self, path: str, raw: bytes):
         arm = self.server.arm
+        if path == "/metadata/identity/oauth2/token":
+            return self._identity()
         with arm.lock:
             if path == "/_fake/log":
                 return self._send(200, arm.log)
@@ -812,6 +814,27 @@ class Handler(BaseHTTPRequestHandler):
                     status, payload = err.status, {"error": {"code": err.code, "message": err.message}}
                 return self._send(status, payload)
         return self._send(404, {"error": "no such control path"})
+
+    def _identity(self):
+        """The instance metadata service's token of a VM's managed identity (plain HTTP, as
+        on 169.254.169.254): only with the header Metadata: true, for ARM's resource."""
+        arm = self.server.arm
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        if self.headers.get("Metadata") != "true":
+            status, payload = 400, {"error": "invalid_request",
+                                    "error_description": "Required metadata header not specified"}
+        elif query.get("resource", "").rstrip("/") != f"https://{ARM_HOST}" or not query.get("api-version"):
+            status, payload = 400, {"error": "invalid_resource", "error_description": repr(query)}
+        else:
+            token = uuid.uuid4().hex
+            with arm.lock:
+                arm.tokens.add(token)
+            status, payload = 200, {"access_token": token, "token_type": "Bearer", "expires_in": "86399",
+                                    "resource": query["resource"]}
+        with arm.lock:
+            arm.log.append({"t": time.time(), "host": "imds", "method": self.command,
+                            "path": "/metadata/identity/oauth2/token", "status": status})
+        self._send(status, payload)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = _dispatch
 

@@ -212,11 +212,12 @@ def test_an_address_that_is_not_ipv4_is_refused(node):
     assert code == 1 and "not an IPv4 address" in result["msg"]
 
 
-def helper(node, node_helper, *args):
+def helper(node, node_helper, *args, env=None):
     conflist = node["tmp"] / "10-podmigrate.conflist"
     conflist.write_text(json.dumps({"name": "podmigrate", "plugins": [
-        {"type": "bridge", "bridge": "br0"}, {"type": "podmigrate-address", "bridge": "br0"}]}))
-    env = dict(node["env"], PODMIGRATE_CONFLIST=str(conflist))
+        {"type": "bridge", "bridge": "br0", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.250.2.0/24"}]]}},
+        {"type": "podmigrate-address", "bridge": "br0"}]}))
+    env = dict(node["env"], PODMIGRATE_CONFLIST=str(conflist), **(env or {}))
     return subprocess.run(["ip", "netns", "exec", node["host"], sys.executable, str(node_helper), *args],
                           capture_output=True, text=True, env=env)
 
@@ -249,6 +250,29 @@ def test_the_helper_routes_an_address_and_holds_and_releases_its_reservation(nod
     reservation.write_bytes(b"4f1d0c\r\neth0")
     assert helper(node, node_helper, "address", KEPT, "--release").returncode == 0
     assert reservation.read_bytes() == b"4f1d0c\r\neth0"
+
+
+def test_on_a_cloud_node_the_route_of_the_node_an_address_lives_on_and_of_its_home_node_go_to_the_cloud_too(
+        node, node_helper):
+    """With a cloud configuration (cloud.py; Azure's route table, tested against the fake
+    ARM in tests/azure/test_cloud_routes.py), taking an address here and giving one of
+    this node's range back home are the cloud's business too; routing an address via
+    another node, or home on a node whose range it is not, are not. Here the cloud's
+    metadata service is not there: the calls that reach for it fail, saying so."""
+    conf = node["tmp"] / "cloud.json"
+    conf.write_text(json.dumps({"azure": {"route_table": "/subscriptions/s/resourceGroups/g/providers/"
+                                          "Microsoft.Network/routeTables/t", "node_ip": "10.0.0.6",
+                                          "identity_endpoint": "http://127.0.0.1:9/token"}}))
+    env = {"PODMIGRATE_CLOUD": str(conf)}
+    for address, to, cloud in ((KEPT, "local", True), (OWN, "home", True), (KEPT, "10.250.2.9", False),
+                               (KEPT, "home", False)):
+        done = helper(node, node_helper, "address", address, "--route", to, env=env)
+        if cloud:
+            assert done.returncode == 1 and "no token from the VM's managed identity" in done.stderr, (address, to)
+        else:
+            assert done.returncode == 0, (address, to, done.stderr)
+    conf.write_text("{}")  # no cloud (every local node): nothing asked of one
+    assert helper(node, node_helper, "address", OWN, "--route", "home", env=env).returncode == 0
 
 
 HOST_LOCAL = "/usr/lib/cni/host-local"  # the node's allocator (Debian's containernetworking-plugins)

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 
+from podmigrate_node import cloud
 from podmigrate_node.common import fail
 
 CONFLIST = os.environ.get("PODMIGRATE_CONFLIST", "/etc/cni/net.d/10-podmigrate.conflist")
@@ -55,14 +56,36 @@ def route(address, to):
         plugin.ip("route", "del", f"{address}/32", check=False)
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
+        clouds = cloud.provider()
+        if clouds and _in_own_range(address):
+            clouds.route_home(address)  # the cloud's route too: the range's covers it (cloud.py)
         return
     if to == "local":
         if not net["bridge"]:
             fail(f"{CONFLIST} names no bridge")
         plugin.ip("route", "replace", f"{address}/32", "dev", net["bridge"])
+        clouds = cloud.provider()
+        if clouds:
+            clouds.route_here(address)  # the cloud's network delivers it here too (cloud.py)
     else:
         plugin.ip("route", "replace", f"{address}/32", "via", _address(to))
     _write(path, to + "\n")
+
+
+def _in_own_range(address):
+    """Whether ``address`` lies in this node's pod range (host-local's, in the conflist)."""
+    try:
+        with open(CONFLIST) as f:
+            plugins = json.load(f).get("plugins") or []
+    except (OSError, ValueError):
+        return False
+    for plugin in plugins:
+        for ranges in ((plugin.get("ipam") or {}).get("ranges") or []):
+            for entry in ranges:
+                with contextlib.suppress(KeyError, ValueError):
+                    if ipaddress.IPv4Address(address) in ipaddress.ip_network(entry["subnet"], strict=False):
+                        return True
+    return False
 
 
 def _network_name():
