@@ -61,6 +61,8 @@ CHILD_COLLECTIONS = {
     "microsoft.network/networkinterfaces": ["ipConfigurations"],
     "microsoft.network/routetables": ["routes"],
 }
+ROLE_ASSIGNMENTS_CASED = "/providers/Microsoft.Authorization/roleAssignments"
+ROLE_ASSIGNMENTS = ROLE_ASSIGNMENTS_CASED.lower()
 # Resource types whose writes are long-running operations with Azure-AsyncOperation.
 ASYNC_NAMESPACES = ("microsoft.network", "microsoft.compute")
 VM_SIZES = ["Standard_B2s", "Standard_D2ds_v4", "Standard_D4ds_v4", "Standard_E16-4ds_v4", "Standard_E8ds_v4"]
@@ -147,6 +149,7 @@ class Arm:
         self.refused: list[str] = []
         self.next_public = 10
         self.keys: dict[str, list[dict]] = {}
+        self.assignments: dict[str, dict] = {}  # lower(id) -> role assignment
 
     # ---------------------------------------------------------------- helpers
     def _group(self, name: str) -> dict:
@@ -304,6 +307,12 @@ class Arm:
                                                         "needs a next hop IP address.")
         if ltype == "microsoft.compute/virtualmachines":
             props["vmId"] = (old or {}).get("properties", {}).get("vmId", str(uuid.uuid4()))
+            kind = (res.get("identity") or {}).get("type", "None")
+            if "SystemAssigned" in kind:
+                before = ((old or {}).get("identity") or {}).get("principalId")
+                res["identity"] = dict(res["identity"], principalId=before or str(uuid.uuid4()), tenantId=self.tenant)
+            else:
+                res.pop("identity", None)
             os_profile = props.get("osProfile", {})
             os_profile.pop("adminPassword", None)  # ARM never returns secrets
             os_profile.pop("customData", None)
@@ -435,6 +444,8 @@ class Arm:
     # ---------------------------------------------------------------- dispatch
     def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, object, dict]:
         with self.lock:
+            if ROLE_ASSIGNMENTS in path.lower():
+                return self._role_assignment(method, path, query, body)
             info = self._split(path)
             parts = info["parts"]
             if len(parts) >= 5 and parts[2] == "providers" and parts[3] == "Fake.Operations":
@@ -448,6 +459,61 @@ class Arm:
             if "namespace" in info:
                 return self._provider_op(method, info, query, body)
             raise ArmError(404, "NotFound", f"No route for {method} {path}")
+
+    def principals(self) -> set[str]:
+        return {(r.get("identity") or {}).get("principalId") for r in self.resources.values()} - {None}
+
+    def _role_assignment(self, method: str, path: str, query: dict, body: dict | None):
+        """Role assignments (Microsoft.Authorization) at a scope: PUT once (ARM refuses to
+        change one), GET, DELETE, and the list at a scope. The scope must exist, the
+        principal must be an identity the fake made; a principal deleted since keeps its
+        assignments (as in Azure: nothing removes them but a DELETE)."""
+        at = path.lower().index(ROLE_ASSIGNMENTS)
+        scope, rest = path[:at].rstrip("/"), path[at + len(ROLE_ASSIGNMENTS):].strip("/")
+        in_group = scope.count("/") == 4 and self.groups.get(scope.split("/")[4].lower())
+        if self._lookup(scope) is None and not in_group:
+            raise ArmError(404, "ResourceNotFound", f"The scope {scope} does not exist.")
+        if not rest:
+            if method != "GET":
+                raise ArmError(405, "MethodNotAllowed", method)
+            return 200, {"value": [copy.deepcopy(a) for a in self.assignments.values()
+                                   if _lower(a["properties"]["scope"]) == _lower(scope)]}, {}
+        key = _lower(f"{scope}{ROLE_ASSIGNMENTS}/{rest}")
+        current = self.assignments.get(key)
+        if method == "GET":
+            if current is None:
+                raise ArmError(404, "RoleAssignmentNotFound", f"The role assignment '{rest}' is not found.")
+            return 200, copy.deepcopy(current), {}
+        if method == "DELETE":
+            if current is None:
+                return 204, None, {}
+            return 200, copy.deepcopy(self.assignments.pop(key)), {}
+        if method != "PUT":
+            raise ArmError(405, "MethodNotAllowed", method)
+        props = (body or {}).get("properties") or {}
+        role, principal = props.get("roleDefinitionId", ""), props.get("principalId", "")
+        definitions = f"/subscriptions/{self.subscription}/providers/microsoft.authorization/roledefinitions/"
+        if not role.lower().startswith(definitions):
+            raise ArmError(400, "InvalidRoleDefinitionId", f"The role definition ID '{role}' is not valid.")
+        if principal not in self.principals():
+            raise ArmError(400, "PrincipalNotFound",
+                           f"Principal {principal} does not exist in the directory {self.tenant}.")
+        if current is not None:
+            if (current["properties"]["principalId"], _lower(current["properties"]["roleDefinitionId"])) != \
+                    (principal, _lower(role)):
+                raise ArmError(400, "RoleAssignmentUpdateNotPermitted",
+                               "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.")
+            return 201, copy.deepcopy(current), {}
+        if any((a["properties"]["principalId"], _lower(a["properties"]["roleDefinitionId"]),
+                _lower(a["properties"]["scope"])) == (principal, _lower(role), _lower(scope))
+               for a in self.assignments.values()):
+            raise ArmError(409, "RoleAssignmentExists", "The role assignment already exists.")
+        self.assignments[key] = {
+            "id": f"{scope}{ROLE_ASSIGNMENTS_CASED}/{rest}", "name": rest,
+            "type": "Microsoft.Authorization/roleAssignments",
+            "properties": {"roleDefinitionId": role, "principalId": principal,
+                           "principalType": props.get("principalType", "ServicePrincipal"), "scope": scope}}
+        return 201, copy.deepcopy(self.assignments[key]), {}
 
     def _summary(self, res: dict) -> dict:
         out = {k: res[k] for k in ("id", "name", "type", "location", "tags", "sku", "kind", "zones") if k in res}
@@ -797,6 +863,7 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/_fake/state":
                 return self._send(200, {"groups": arm.groups,
                                         "resources": {r["id"]: arm._view(r) for r in arm.resources.values()},
+                                        "role_assignments": list(arm.assignments.values()),
                                         "refused": arm.refused})
             if path == "/_fake/clear-log":
                 arm.log.clear()

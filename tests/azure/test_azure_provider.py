@@ -20,6 +20,7 @@ RG_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RG}"
 NET = f"{RG_ID}/providers/Microsoft.Network"
 COMPUTE = f"{RG_ID}/providers/Microsoft.Compute"
 ADMIN_CIDR = "203.0.113.7/32"
+NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"  # Azure's built-in role's id
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +198,14 @@ def test_network_and_load_balancer_wiring(fake_arm, state_dir):
     assert table["tags"]["podmigrate-cluster"] == "podmigrate"
     for host in ("podmigrate-cp1", "podmigrate-w1"):
         assert _resource(state, f"{NET}/networkInterfaces/{host}-nic")["properties"]["enableIPForwarding"] is True
+    # each VM's identity may change that table's routes (a kept pod address's), nothing else
+    identities = [_resource(state, f"{COMPUTE}/virtualMachines/{host}")["identity"]
+                  for host in ("podmigrate-cp1", "podmigrate-w1")]
+    assert all(i["type"] == "SystemAssigned" and i["principalId"] for i in identities)
+    assert sorted((a["properties"]["principalId"], a["properties"]["scope"].lower(),
+                   a["properties"]["roleDefinitionId"].lower()) for a in state["role_assignments"]) == \
+        sorted((i["principalId"], table["id"].lower(), f"/subscriptions/{SUBSCRIPTION}/providers/"
+                "microsoft.authorization/roledefinitions/" + NETWORK_CONTRIBUTOR) for i in identities)
 
     cp = _resource(state, f"{COMPUTE}/virtualMachines/podmigrate-cp1")["properties"]
     w1 = _resource(state, f"{COMPUTE}/virtualMachines/podmigrate-w1")
@@ -309,6 +318,7 @@ def _seed_other_cluster_vm(fake: FakeArm) -> None:
                  "subnet": {"id": f"{other}/providers/Microsoft.Network/virtualNetworks/v/subnets/s"}}}]}})
     vm = fake.arm("PUT", f"{other}/providers/Microsoft.Compute/virtualMachines/other-cp1", {
         "location": "westeurope", "tags": {"podmigrate-cluster": "other", "podmigrate-role": "control_plane"},
+        "identity": {"type": "SystemAssigned"},
         "properties": {"hardwareProfile": {"vmSize": "Standard_D2ds_v4"}, "osProfile": {
             "computerName": "other-cp1", "adminUsername": "azureuser", "linuxConfiguration": {}},
             "networkProfile": {"networkInterfaces": [
@@ -330,6 +340,9 @@ def test_inventory_groups_the_vms_with_their_addresses(fake_arm):
         private = nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
         assert _unsafe(hostvars[host]["ansible_host"]) == pip
         assert _unsafe(hostvars[host]["podmigrate_node_private_ip"]) == private
+        # where the node's helper writes a kept pod address's route (migration_node_cloud)
+        table = f"{NET}/routeTables/podmigrate-pod-routes"
+        assert _unsafe(hostvars[host]["podmigrate_route_table"]).lower() == table.lower()
         assert private.startswith("192.168.0.")
     assert "localhost" in inv["ungrouped"]["hosts"]
     assert "other-cp1" not in hostvars  # another cluster's VM is not ours to configure
@@ -345,6 +358,18 @@ def test_teardown_deletes_ours_and_nothing_else(fake_arm, cluster_vars):
                                  "sku": {"name": "Standard"}, "properties": {}})
     stranger = f"{NET}/publicIPAddresses/not-ours"
     fake_arm.arm("PUT", stranger, {"location": "westeurope", "sku": {"name": "Standard"}, "properties": {}})
+    # and someone's role assignment on our route table (another cluster's VM's identity)
+    table = f"{NET}/routeTables/podmigrate-pod-routes"
+    other_vm = _resource(fake_arm.state(),
+                         f"{sub}/resourceGroups/other-rg/providers/Microsoft.Compute/virtualMachines/other-cp1")
+    theirs_grant = fake_arm.arm("PUT", f"{table}/providers/Microsoft.Authorization/roleAssignments/"
+                                       "0b5e55ed-0000-4000-8000-000000000001", {"properties": {
+                                           "principalId": other_vm["identity"]["principalId"],
+                                           "roleDefinitionId": f"{sub}/providers/Microsoft.Authorization/"
+                                                               f"roleDefinitions/{NETWORK_CONTRIBUTOR}"}})
+    assert theirs_grant["name"] == "0b5e55ed-0000-4000-8000-000000000001", theirs_grant
+    ours_grants = [a["id"].lower() for a in fake_arm.state()["role_assignments"] if a["id"] != theirs_grant["id"]]
+    assert len(ours_grants) == 2
 
     fake_arm.clear_log()
     run = fake_arm.playbook("playbooks/teardown.yml", extra_vars=cluster_vars)
@@ -370,6 +395,9 @@ def test_teardown_deletes_ours_and_nothing_else(fake_arm, cluster_vars):
     assert at("/virtualNetworks/podmigrate-vnet") < at("/networkSecurityGroups/podmigrate-nsg")
     assert at("/virtualNetworks/podmigrate-vnet") < at("/routeTables/podmigrate-pod-routes")
     assert at("/disks/podmigrate-cp1-osdisk") > at("/virtualMachines/podmigrate-cp1")
+    # our role assignments went too (Azure keeps them when their identity or scope goes), first
+    assert all(at(grant.split(NET.lower())[1]) < at("/routeTables/podmigrate-pod-routes") for grant in ours_grants)
+    assert state["role_assignments"] == [theirs_grant]
 
     # Once the stranger is gone and the group holds only ours, teardown deletes the group in one
     # call and ARM takes its contents with it (two resources of ours are put back to show it).
