@@ -287,6 +287,15 @@ def test_kubectl_drain_migrates_the_pods_that_opted_in_and_evicts_the_others(api
         plain = api.list_namespaced_pod("default", label_selector="app=evict-plain").items
         assert before["evict-plain"][0].metadata.uid not in {p.metadata.uid for p in plain}
         assert all("podmigrate.io/restore" not in (p.metadata.annotations or {}) for p in plain)
+        # kubectl drain ends once the pods it evicts are gone: the StatefulSet's is deleted
+        # mid-migration (its restored pod takes its name), whose end (a Lease released, its
+        # files removed) may come a moment later
+        leases = client.CoordinationV1Api(api.api_client)
+        deadline = time.monotonic() + 120
+        while [x.metadata.name for x in leases.list_namespaced_lease("default").items
+               if x.metadata.name.startswith("podmigrate-evict-")]:
+            assert time.monotonic() < deadline, "a migration of kubectl drain's never ended"
+            time.sleep(0.5)
         assert leftovers(cluster) == {w: [] for w in WORKERS}
     finally:
         api.patch_node(w1, {"spec": {"unschedulable": None}})
