@@ -33,6 +33,8 @@ import ipaddress
 import json
 import os
 import re
+import shlex
+import signal
 import stat
 import subprocess
 import sys
@@ -49,6 +51,8 @@ VALUED = {"--root", "--log", "--log-format", "--criu", "--rootless"}
 OPAQUE = "SCHILY.xattr.trusted.overlay.opaque"
 VOLUMES = "volumes.tar"
 ADDRESSES = "addresses.json"  # the source pod's addresses, in the payload
+LAZY = "lazy.json"  # in a container's payload (post-copy): the port its pages are asked for on
+LAZY_EXIT = "lazy-pages.exit"  # beside it, once CRIU's lazy-pages daemon has ended: its exit code
 IMG_COMMON_MAGIC, FILES_MAGIC, INETSK = 0x54564319, 0x56303138, 4
 
 
@@ -464,6 +468,13 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
     if not mapping:
         command.append("--tcp-established")
     env = criu_config(os.path.join(work, "criu.conf"), ["tcp-close" if mapping else "no-tcp-close"])
+    lazy = None
+    if os.path.exists(os.path.join(here, LAZY)):
+        lazy = serve_lazy_pages(here, work, [runc(), *global_opts, "kill", cid, "KILL"])
+        if isinstance(lazy, str):
+            tell_runtime_error(global_opts, lazy)
+            return 1
+        command.append("--lazy-pages")
     for option in ("--pid-file", "--console-socket"):
         if option in opts:
             command += [option, opts[option]]
@@ -471,6 +482,9 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
         command.append("--no-pivot")
     command.append(cid)
     code = subprocess.run(command, check=False, env=env).returncode
+    if code != 0 and lazy:
+        os.killpg(lazy.pid, signal.SIGKILL)  # its daemon would wait for the restore for ever
+        lazy.wait()
     if code != 0:
         tell_runtime_error(global_opts, "runc restore failed" + criu_errors(os.path.join(work, "restore.log")))
     if code == 0:
@@ -483,6 +497,35 @@ def restore_into(global_opts, opts, cid, bundle, spec, payload, name):
         if netns and all_restored(payload):
             release_network(netns)  # the pod network's hold (podmigrate_cni.py) lifted
     return code
+
+
+def serve_lazy_pages(here, work, kill):
+    """Post-copy: CRIU's lazy-pages daemon for one container, started before its restore. The
+    restore hands it the restored processes' userfaultfds (through lazy-pages.socket in the
+    work directory); it fills their memory from the source's page server (loopback, the
+    migration's SSH tunnel: lazy.json's port) as they touch it, and the rest in the
+    background. It outlives this create (its own session) and writes its exit code to
+    LAZY_EXIT once the last page is in or it failed; when it failed, the command ``kill``
+    first kills the container (its memory has holes that would read as zeros). Its process (a shell around CRIU, the
+    leader of its process group) once it waits for the restore, else why not."""
+    with open(os.path.join(here, LAZY)) as f:
+        port = int(json.load(f)["port"])
+    ready, status = os.pipe()
+    log = os.path.join(work, "lazy-pages.log")
+    done = os.path.join(here, LAZY_EXIT)
+    daemon = subprocess.Popen(
+        ["sh", "-c", 'criu "$@"; code=$?; [ $code = 0 ] || ' + shlex.join(kill) + ' 2>/dev/null; '
+         'echo $code > "$0.part"; mv "$0.part" "$0"', done, "lazy-pages",
+         "--images-dir", os.path.join(here, "images"), "--work-dir", work, "--page-server", "--address", "127.0.0.1",
+         "--port", str(port), "--status-fd", str(status), "-v4", "-o", log],
+        pass_fds=[status], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    os.close(status)
+    with os.fdopen(ready, "rb") as f:
+        if f.read(1) == b"\0":
+            return daemon
+    daemon.wait()
+    return "CRIU's lazy-pages daemon did not start" + criu_errors(log)
 
 
 def criu_config(path, lines):

@@ -17,7 +17,7 @@ the CNI plugin that gives a restored pod its kept IP address.
                                   sockets (family, type, protocol), anonymous inodes and
                                   character devices (open or mapped); the engine judges them
   thaw POD-UID                    thaw every container of the pod (a rollback)
-  dump POD-UID ID [--volume V]... [--to HOST --key K --known-hosts F --port NAME=P...]
+  dump POD-UID ID [--volume V]... [--to HOST --key K --known-hosts F --port NAME=P...] [--lazy]
                                   a session with the engine (JSON lines): the pod's
                                   containers found and, with --port, one page tunnel per
                                   container opened to HOST's page server on port P, all
@@ -27,8 +27,14 @@ the CNI plugin that gives a restored pod its kept IP address.
                                   its writable-layer changes and the emptyDir volumes V, into
                                   the migration's payload directory (root only); with --port
                                   the memory pages go to HOST as they are dumped (else they
-                                  stay here too); the rest goes right after, with --send
+                                  stay here too); the rest goes right after, with --send;
+                                  with --lazy (post-copy) the pages are not dumped: each
+                                  container's CRIU serves them from here, through a tunnel
+                                  from HOST's loopback port P, until the target's restore
+                                  has them all (the session's last line, "served")
   page-server ID NAME PORT        (forced command) CRIU's page server for one container
+  lazy-tunnel ID NAME PORT        (forced command) holds the session that forwards PORT here
+                                  to the source's lazy page server for one container
   pack ID                         the payload as one tar file (for the share transfer)
   unpack ID --sha256 X            payload.tar, sha256 checked, back into the payload directory
   kill POD-UID [--wait S]         after the commit: once the kubelet has signalled the frozen

@@ -51,7 +51,7 @@ COMMANDS = {
     "images-present": (cmd_images_present, "refs*"),
     "preflight": (cmd_preflight, "uid"),
     "thaw": (cmd_thaw, "uid"),
-    "dump": (cmd_dump, "uid migration --volume+ --to --key --known-hosts --port+ --send?"),
+    "dump": (cmd_dump, "uid migration --volume+ --to --key --known-hosts --port+ --send? --lazy?"),
     "page-server": (cmd_page_server, "migration name port:int"),
     "receive": (cmd_receive, "migration name"),
     "forced": (cmd_forced, ""),

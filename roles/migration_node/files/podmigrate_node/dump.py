@@ -4,9 +4,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import select
+import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -17,7 +21,7 @@ import time
 from podmigrate_node.common import RUNC_ROOT, SAFE, du, fail, migration_dir, runtime
 from podmigrate_node.pod import empty_dirs, freeze, is_frozen, running, upper_dir
 from podmigrate_node.preflight import open_files, pod_processes
-from podmigrate_node.stream import PageTunnel, open_receive, send
+from podmigrate_node.stream import LazyTunnel, PageTunnel, open_receive, send
 
 
 def cmd_dump(args):
@@ -30,7 +34,12 @@ def cmd_dump(args):
     {"ready"}; on the engine's "freeze" line the pod is frozen, {"frozen", "seconds"}; then
     the dump and its report; with --send, the payload sent to the target (--to) over an SSH
     session opened before the freeze, and the send's report. The end of stdin before
-    "freeze" ends it, nothing frozen."""
+    "freeze" ends it, nothing frozen.
+
+    With --lazy (post-copy) the memory pages are not dumped: each container's CRIU serves
+    them from here, through a LazyTunnel (--port: the target's end of it), to the target's
+    restore as it asks for them; the session's last line, {"served"}, comes once every page
+    server has ended. The end of stdin before that ends them (serve_pages)."""
     directory = migration_dir(args.migration)
     payload = os.path.join(directory, "payload")
     os.makedirs(payload, mode=0o700, exist_ok=True)
@@ -47,7 +56,7 @@ def cmd_dump(args):
             for c in live:
                 if c["name"] not in ports:
                     fail(f"no page server port for container {c['name']}")
-                tunnels[c["name"]] = PageTunnel(args, c["name"], int(ports[c["name"]]))
+                tunnels[c["name"]] = (LazyTunnel if args.lazy else PageTunnel)(args, c["name"], int(ports[c["name"]]))
         print(json.dumps({"ready": [c["name"] for c in live]}), flush=True)
         if sys.stdin.readline().strip() != "freeze":
             fail("the engine went away before the freeze: nothing was frozen")
@@ -55,11 +64,74 @@ def cmd_dump(args):
         print(json.dumps(dump(args, live, payload, directory, tunnels)), flush=True)
         if args.send:
             print(json.dumps(send(args, payload, "payload", opened=receiver)), flush=True)
+        if args.lazy:
+            print(json.dumps(serve_pages(tunnels)), flush=True)
     finally:
+        end_servers(tunnels, grace=10)  # those a failure left (all have ended when served)
         for tunnel in tunnels.values():
             tunnel.close()
         if receiver and receiver.poll() is None:
             receiver.kill()
+
+
+def start_lazy(tunnel, command, env, work):
+    """``runc checkpoint --lazy-pages``: CRIU dumps all but the memory pages, then serves those
+    on the tunnel's port until the target's ``criu lazy-pages`` has them all. Returned when it
+    serves (CRIU's status byte; the process left running in ``tunnel.server``), or as a
+    CompletedProcess when it failed before."""
+    ready, status = os.pipe()
+    with open(os.path.join(work, "checkpoint.err"), "w+") as err:
+        # its own process group: ended whole (runc and its CRIU) should the session go first
+        tunnel.server = subprocess.Popen([*command[:-1], "--status-fd", str(status), command[-1]], pass_fds=[status],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                         start_new_session=True)
+        os.close(status)
+        with os.fdopen(ready, "rb") as f:
+            serving = f.read(1) == b"\0"
+        if serving:
+            return subprocess.CompletedProcess(command, 0, "", "")
+        code = tunnel.server.wait()
+        tunnel.server = None
+        err.seek(0)
+        return subprocess.CompletedProcess(command, code or 1, "", err.read())
+
+
+def serve_pages(tunnels, poll=0.2, limit=6 * 3600):
+    """Post-copy's end on the source: every container's lazy page server waited for until it
+    has served the target all its pages and ended; {"served": {name: runc's exit code}}. If
+    stdin ends first (the engine rolled back, or went away), a page server nobody has asked
+    yet is ended (end_servers); one that serves a restore goes on until that restore has all
+    its pages or is gone: a restored pod the engine, a recovery or the watcher keeps needs
+    them, and one deleted ends its CRIU's requests."""
+    servers = {name: t.server for name, t in tunnels.items() if isinstance(t, LazyTunnel) and t.server}
+    started = time.monotonic()
+    while any(p.poll() is None for p in servers.values()):
+        if select.select([sys.stdin], [], [], poll)[0] and not sys.stdin.readline():
+            end_servers(tunnels, limit)
+            fail("the engine ended the session before every page was served")
+    return {"served": {name: p.returncode for name, p in servers.items()},
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def end_servers(tunnels, grace, poll=0.2):
+    """The lazy page servers still running ended: one empty connection to each (a page server
+    nobody has asked yet then ends as if it had served; one serving the target refuses it:
+    CRIU accepts one connection), the rest waited for up to ``grace`` seconds, then killed
+    (runc and its CRIU, which release the pod's processes, still frozen)."""
+    servers = [t.server for t in tunnels.values() if isinstance(t, LazyTunnel) and t.server]
+    for tunnel in tunnels.values():
+        if isinstance(tunnel, LazyTunnel) and tunnel.server and tunnel.server.poll() is None:
+            with socket.socket() as sk:
+                sk.settimeout(2)
+                with contextlib.suppress(OSError):
+                    sk.connect(("127.0.0.1", tunnel.local_port))
+    ended = time.monotonic() + grace
+    while any(p.poll() is None for p in servers) and time.monotonic() < ended:
+        time.sleep(poll)
+    for proc in servers:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def held_fifos(uid, live, proc="/proc"):
@@ -137,13 +209,21 @@ def dump(args, live, payload, directory, tunnels):
         command = [runtime().runc(), "--root", RUNC_ROOT, "checkpoint", "--leave-running", "--file-locks",
                    "--tcp-established", "--image-path", os.path.join(here, "images"), "--work-path", work]
         tunnel = tunnels.get(name)
+        lazy = isinstance(tunnel, LazyTunnel)
         if tunnel:
-            command += ["--page-server", f"127.0.0.1:{tunnel.local_port}"]
-        env = runtime().criu_config(os.path.join(work, "criu.conf"), ["no-tcp-close"])
-        res = subprocess.run([*command, c["id"]], capture_output=True, text=True, check=False, env=env)
-        streamed = tunnel.finish() if tunnel and res.returncode == 0 else None
+            command += [*(["--lazy-pages"] if lazy else []), "--page-server", f"127.0.0.1:{tunnel.local_port}"]
+        # with lazy pages CRIU takes only the port from runc: it would serve on every address
+        env = runtime().criu_config(os.path.join(work, "criu.conf"),
+                                    ["no-tcp-close", *(["address 127.0.0.1"] if lazy else [])])
+        if lazy:
+            res = start_lazy(tunnel, [*command, c["id"]], env, work)
+            with open(os.path.join(here, runtime().LAZY), "w") as f:  # where the target's restore asks for the pages
+                json.dump({"port": tunnel.remote_port}, f)
+        else:
+            res = subprocess.run([*command, c["id"]], capture_output=True, text=True, check=False, env=env)
+        streamed = tunnel.finish() if tunnel and not lazy and res.returncode == 0 else None
         if res.returncode != 0:
-            said = tunnel.failure() if tunnel else ""
+            said = tunnel.failure() if tunnel and not lazy else ""
             fail(f"checkpoint of {name} failed: {res.stderr.strip()[-300:]}" + runtime().criu_errors(f"{work}/dump.log")
                  + (f"\nthe target's page server: {said}" if said else ""))
         if name in drop:
@@ -154,7 +234,7 @@ def dump(args, live, payload, directory, tunnels):
             runtime().pack_layer(upper_dir(c["state"]["rootfs"]), out)
         report["containers"][name] = {
             "id": c["id"], "image_bytes": du(os.path.join(here, "images")) + (streamed or {}).get("bytes", 0),
-            "streamed_bytes": (streamed or {}).get("bytes", 0),
+            "streamed_bytes": (streamed or {}).get("bytes", 0), "lazy": lazy,
             "rootfs_bytes": os.path.getsize(os.path.join(here, "rootfs.tar")),
             "dump_seconds": round(dumped - started, 3), "rootfs_seconds": round(time.monotonic() - dumped, 3)}
     if args.volume:

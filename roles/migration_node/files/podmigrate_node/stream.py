@@ -1,8 +1,9 @@
 # Copyright: podmigrate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Bytes between nodes: the payload as a tar stream over SSH (`send`, into `receive`), CRIU's page
-server behind a migration's one-time key (`page-server`, `PageTunnel`), and the payload as one
-tar file for the share transfer (`pack`/`unpack`)."""
+server behind a migration's one-time key (`page-server`, `PageTunnel`), the source's lazy page
+servers reached from the target the same way (`lazy-tunnel`, `LazyTunnel`), and the payload as
+one tar file for the share transfer (`pack`/`unpack`)."""
 
 from __future__ import annotations
 
@@ -143,12 +144,15 @@ def send(args, directory, name, retries=3, level=1, opened=None):
 
 def cmd_forced(_args):
     """The forced command of a migration key: only `receive ID NAME`, `page-server ID NAME
-    PORT` and `verdict ID` (the source's watcher, its controller gone) are allowed."""
+    PORT`, `lazy-tunnel ID NAME PORT` and `verdict ID` (the source's watcher, its controller
+    gone) are allowed."""
     words = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
     if len(words) == 3 and words[0] == "receive":
         cmd_receive(argparse.Namespace(migration=words[1], name=words[2]))
     elif len(words) == 4 and words[0] == "page-server" and words[3].isdigit():
         cmd_page_server(argparse.Namespace(migration=words[1], name=words[2], port=int(words[3])))
+    elif len(words) == 4 and words[0] == "lazy-tunnel" and words[3].isdigit():
+        cmd_lazy_tunnel(argparse.Namespace(migration=words[1], name=words[2], port=int(words[3])))
     elif len(words) == 2 and words[0] == "verdict":
         from podmigrate_node.verdict import cmd_verdict
 
@@ -194,6 +198,51 @@ def cmd_page_server(args):
     print(json.dumps({"bytes": du(pages)}), flush=True)
 
 
+def cmd_lazy_tunnel(args):
+    """The target's end of a LazyTunnel: says "ready" and holds the session (and so the
+    forward of loopback PORT to the source's lazy page server) until the source ends it."""
+    if not SAFE.match(args.name) or not os.path.isdir(migration_dir(args.migration)):
+        fail(f"no migration {args.migration!r} here for the pages of {args.name!r}")
+    print("ready", flush=True)
+    while os.read(0, 65536):
+        pass
+
+
+def free_port():
+    """A loopback port nobody listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LazyTunnel:
+    """Post-copy: an SSH connection to the target with the migration's key that forwards the
+    target's loopback ``port`` (where its ``criu lazy-pages`` asks for pages: the runtime's
+    restore) to a free loopback port here, where this container's ``runc checkpoint
+    --lazy-pages`` serves them. Encrypted, and nothing else reaches the page server: it
+    listens on loopback only."""
+
+    def __init__(self, args, name, port):
+        self.local_port, self.remote_port = free_port(), port
+        self.server = None  # runc checkpoint, once it serves the pages (dump.start_lazy)
+        self.proc = subprocess.Popen(
+            [*migration_ssh(args.key, args.known_hosts), "-o", "ExitOnForwardFailure=yes",
+             "-R", f"127.0.0.1:{port}:127.0.0.1:{self.local_port}", f"root@{args.to}",
+             f"lazy-tunnel {args.migration} {name} {port}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.proc.wait(timeout=30)
+            fail(f"the tunnel to the target for the pages of {name} did not open: "
+                 f"{self.proc.stderr.read().strip()[-600:]}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 class PageTunnel:
     """An SSH connection to the target with the migration's key, forwarding a free loopback
     port here to the target's loopback port where `page-server` runs CRIU's page server for
@@ -201,11 +250,7 @@ class PageTunnel:
     and writes none of them here."""
 
     def __init__(self, args, name, port):
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.local_port = probe.getsockname()[1]
+        self.local_port = free_port()
         self.proc = subprocess.Popen(
             [*migration_ssh(args.key, args.known_hosts), "-o", "ExitOnForwardFailure=yes",
              "-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{port}", f"root@{args.to}",
