@@ -17,6 +17,7 @@ Exit codes of `migrate` (of `drain`: 0 drained, 1 not drained, 3 refused):
   4  failed and rolled back: the source pod runs on
   5  rolled back, but something was left behind (listed; `podmigrate recover` finishes it)
   6  migrated, but something was left behind (listed)
+  7  lost (--copy lazy only): post-copy failed after the commit; both copies were ended
 
 The cluster is the default inventory's (ansible.cfg: the local nodes), its state (the
 kubeconfig, the reports) in .podmigrate/; ANSIBLE_INVENTORY and PODMIGRATE_STATE_DIR
@@ -40,7 +41,7 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from ansible_collections.podmigrate.cluster.plugins.module_utils import localnodes
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import progress
 
-OK, NOT_STARTED, USAGE, REFUSED, ROLLED_BACK, ROLLED_BACK_LEFTOVERS, MIGRATED_LEFTOVERS = range(7)
+OK, NOT_STARTED, USAGE, REFUSED, ROLLED_BACK, ROLLED_BACK_LEFTOVERS, MIGRATED_LEFTOVERS, LOST = range(8)
 
 
 def state_dir():
@@ -101,7 +102,8 @@ def cmd_migrate(args):
     and shows its progress while it works: each phase, and the bytes moved with their rate
     and the time left (a bar on a terminal). Ends with the migration's summary, or why it
     failed and what became of the pod; the exit code says which (podmigrate --help)."""
-    extra = {"pod": args.pod, "transfer": args.transfer, "timeout": args.timeout, "node_deadline": args.node_deadline,
+    extra = {"pod": args.pod, "transfer": args.transfer, "copy": args.copy, "timeout": args.timeout,
+             "node_deadline": args.node_deadline,
              "lock_seconds": args.lock_seconds, "keep_address": not args.new_address}
     if args.to:
         extra["target"] = args.to
@@ -229,7 +231,7 @@ def exit_code(result):
         return (MIGRATED_LEFTOVERS if leftovers else OK), outcome
     if outcome == "rolled back":
         return (ROLLED_BACK_LEFTOVERS if leftovers else ROLLED_BACK), outcome
-    return {"already there": OK, "refused": REFUSED}.get(outcome, NOT_STARTED), outcome
+    return {"already there": OK, "refused": REFUSED, "lost": LOST}.get(outcome, NOT_STARTED), outcome
 
 
 def task_result(output):
@@ -340,6 +342,11 @@ def migration_options(p, target=True):
     p.add_argument("--transfer", choices=["direct", "share"], default="direct",
                    help="direct: node to node over SSH, the memory streamed as it is dumped; share: one "
                    "archive through a share both nodes reach")
+    if target:
+        p.add_argument("--copy", choices=["eager", "lazy"], default="eager",
+                       help="eager: the memory on the target before the restore; lazy (post-copy, direct only): "
+                       "the pod restored at once and its memory fetched after, on demand; if the source node or "
+                       "the link fails before the last page, the pod is lost")
     p.add_argument("--share", choices=["dir", "smb"],
                    help="what --transfer share goes through (default: smb when the inventory configures an "
                    "SMB share, else a directory both nodes mount)")

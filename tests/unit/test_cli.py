@@ -88,6 +88,7 @@ def test_a_bad_pod_name_is_refused_with_exit_3(nowhere):
     ({"result": "refused"}, 3), ({"result": "rolled back"}, 4),
     ({"result": "rolled back", "cleanup_errors": ["remove files: ssh failed"]}, 5),
     ({"result": "migrated", "cleanup_errors": ["remove the one-time key: ssh failed"]}, 6),
+    ({"result": "lost"}, 7),
     ({"result": "running"}, 1)])
 def test_each_outcome_has_its_exit_code(report, code):
     assert podmigrate_cli.exit_code({"report": report})[0] == code

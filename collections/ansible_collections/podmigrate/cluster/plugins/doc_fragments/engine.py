@@ -26,6 +26,21 @@ options:
     type: str
     choices: [dir, smb]
     default: dir
+  copy:
+    description:
+      - When the memory pages go to the target. C(eager), before the restore (the pod is
+        frozen until they are all there).
+      - C(lazy), post-copy, with C(transfer=direct) only. The pod is restored before its
+        memory has arrived; the target's CRIU fetches each page from the frozen source as the
+        restored processes touch it, and the rest in the background; the source is ended
+        once the last page has been served. The downtime no longer grows with the pod's
+        memory, but if the source node or the link between the nodes fails before the last
+        page, the pod is lost (neither copy is whole). Refused, before anything changes, for
+        a pod that keeps its name (a StatefulSet's) and where the source's CRIU cannot serve
+        pages lazily (C(fs.pipe-max-size) under 4 MiB without CAP_SYS_RESOURCE).
+    type: str
+    choices: [eager, lazy]
+    default: eager
   share_dir:
     description: For C(transfer=share) and C(share=dir), the directory every node mounts.
     type: str

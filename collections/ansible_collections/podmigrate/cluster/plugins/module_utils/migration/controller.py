@@ -16,6 +16,7 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils.migration impor
 ARGUMENT_SPEC = {
     "transfer": {"type": "str", "choices": list(transfers.TRANSFERS), "default": "direct"},
     "share": {"type": "str", "choices": list(transfers.SHARES), "default": "dir"},
+    "copy": {"type": "str", "choices": list(transfers.COPIES), "default": "eager"},
     "share_dir": {"type": "str", "default": "/var/lib/podmigrate/share"},
     "nodes": {"type": "dict"},  # the action (plugin_utils/engine_action.py) gives the inventory's
     "kubeconfig": {"type": "path", "required": True},
@@ -73,7 +74,7 @@ class Controller:
     def migration_options(self):
         """The keyword arguments every engine.Migration of this module is given."""
         p = self.module.params
-        return {"transfer": p["transfer"], "share_dir": p["share_dir"], "share": p["share"],
+        return {"transfer": p["transfer"], "share_dir": p["share_dir"], "share": p["share"], "copy_pages": p["copy"],
                 "report_dir": p["report_dir"], "progress": self.progress, "helper_digest": self.helper_digest,
                 "timeout": p["timeout"], "node_deadline": p["node_deadline"],
                 "lock_seconds": p["lock_seconds"], "keep_address": p["keep_address"]}

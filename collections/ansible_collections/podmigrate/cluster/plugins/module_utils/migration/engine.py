@@ -90,13 +90,17 @@ def bounded(api_client, seconds=API_SECONDS):
     return api_client
 
 
+class PodLost(Exception):
+    """Post-copy failed past the commit point: neither copy of the pod was whole."""
+
+
 class AlreadyThere(Exception):
     """The pod was moved to the target before: nothing to do."""
 
 
 class Migration(Runner):
     def __init__(self, api_client, nodes, namespace, name, target=None, transfer="direct",
-                 share_dir="/var/lib/podmigrate/share", share="dir", report_dir=None, progress=None,
+                 share_dir="/var/lib/podmigrate/share", share="dir", copy_pages="eager", report_dir=None, progress=None,
                  helper_digest=None, timeout=600, migration_id=None, node_deadline=NODE_DEADLINE,
                  lock_seconds=lock.LEASE_SECONDS, keep_address=True):
         from kubernetes import client  # imported here: the pure parts need no client
@@ -116,11 +120,13 @@ class Migration(Runner):
         self.address = None  # {"ip", "home", "routes"}: the pod's IP, kept (plan_address)
         self.watching, self.extended = False, 0.0  # the source's watcher, and when it was last told
         migration_id = migration_id or time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
-        report = {"id": migration_id, "pod": f"{namespace}/{name}", "transfer": transfer, "phases": {},
+        self.copy_pages = copy_pages
+        report = {"id": migration_id, "pod": f"{namespace}/{name}", "transfer": transfer, "copy": copy_pages,
+                  "phases": {},
                   **({"share": share} if transfer == "share" else {}), "containers": {}, "result": "running"}
         super().__init__(migration_id, report, progress, report_dir)
         self.directory = f"{MIGRATIONS}/{self.id}"  # on both nodes
-        self.carrier = transfers.choose(self, transfer, share)
+        self.carrier = transfers.choose(self, transfer, share, copy_pages)
         self.pod = self.source = self.target = None
         self.restored_name = None
         self.uid = self.containers = None
@@ -504,6 +510,10 @@ class Migration(Runner):
         problems += self.take_lock(pod, source, target) if take_lock else self.lock_problems(pod)
         if self.transfer not in transfers.TRANSFERS:
             problems.append(f"transfer {self.transfer!r} is not one of {', '.join(transfers.TRANSFERS)}")
+        if self.copy_pages not in transfers.COPIES:
+            problems.append(f"copy {self.copy_pages!r} is not one of {', '.join(transfers.COPIES)}")
+        elif self.copy_pages == "lazy" and self.transfer != "direct":
+            problems.append("copy=lazy (post-copy) needs transfer=direct: the target fetches the pages from the source")
         if self.transfer == "share" and self.report["share"] not in transfers.SHARES:
             problems.append(f"share {self.report['share']!r} is not one of {', '.join(transfers.SHARES)}")
         for role, name in (("source", source), ("target", target)):
@@ -914,6 +924,10 @@ class Migration(Runner):
         except MigrationError as exc:
             self.report.update(result="refused", error=str(exc), problems=exc.problems)
             raise
+        except PodLost as exc:
+            self.report.update(result="lost", error=str(exc))
+            self.log(f"failed: {exc}")
+            raise
         except Exception as exc:
             if not self.changed:  # before the first change: nothing to roll back
                 self.report.update(result="not started", error=f"{type(exc).__name__}: {exc}")
@@ -958,6 +972,9 @@ class Migration(Runner):
         """The phases up to and including the commit (the seed-fork profile has its own)."""
         self.phase("validate", self.validate)
         self.event("MigrationStarted", f"moving to {self.target.name} ({self.transfer} transfer)")
+        if self.copy_pages == "lazy":
+            self.log("post-copy: the pod runs on the target before its memory is all there; should the source "
+                     "node or the link fail before the last page, the pod is lost")
         self.phase("prepare", self.prepare)
         if self.bring:
             self.phase("images", self.bring_images)
@@ -979,14 +996,33 @@ class Migration(Runner):
         # the commit point: from here the restored pod stays and the source is never thawed;
         # the fence goes once the source is gone
         self.pass_commit_point()
+        if self.copy_pages == "lazy":
+            self.phase("pages", self.fetch_pages)
         self.phase("commit", self.end_frozen_source)
+
+    def fetch_pages(self):
+        """Post-copy, past the commit point: the restored pod runs while the frozen source
+        serves it the rest of its memory. Should that fail, the restored pod's memory has
+        holes and the source's is older than what the restored pod has answered since: the
+        pod is lost, and both copies are ended (PodLost)."""
+        try:
+            self.report["post_copy"] = self.carrier.finish()
+        except Exception as exc:
+            self.event("MigrationLost", f"post-copy failed, the pod is lost: {exc}", pod_name=self.name,
+                       kind="Warning")
+            self.delete_pod(self.restored_name)
+            if self.delete_pod(self.name, self.uid):
+                self.source.helper("kill", self.uid, self.id)
+            raise PodLost(f"{exc}. The pod is lost: its restored copy's memory was incomplete and its source's "
+                          "older than what the restored copy had answered; both were ended") from exc
 
     def summarize(self):
         volumes = self.report.get("volumes") or {}
         raw = sum(c.get("checkpoint_bytes", 0) + c.get("rootfs_bytes", 0)
                   for c in self.report["containers"].values()) + volumes.get("bytes", 0)
         sent = (self.report.get("transfer_detail") or {}).get("sent_bytes", 0) + \
-            sum(c.get("streamed_bytes", 0) for c in self.report["containers"].values())
+            sum(c.get("streamed_bytes", 0) for c in self.report["containers"].values()) + \
+            (self.report.get("post_copy") or {}).get("bytes", 0)  # the pages fetched after the restore
         # the time the bytes took to move: the transfer, and the checkpoint too when the pages
         # streamed to the target as they were dumped
         moving = self.report["phases"].get("transfer", 0)

@@ -10,6 +10,8 @@ transfer, with one interface the engine calls.
                pages to the target as they are dumped)
   carry()      after the checkpoint: the payload onto the target, checked whole; returns
                {sha256, bytes, sent_bytes, attempts}
+  finish()     past the commit point, before the source is ended: what must still come
+               from it (post-copy: the memory pages the restored pod has not had yet)
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from ansible_collections.podmigrate.cluster.plugins.module_utils.migration.remot
 
 TRANSFERS = ("direct", "share")
 SHARES = ("dir", "smb")  # what the share transfer goes through
+COPIES = ("eager", "lazy")  # the memory before the restore, or after it (post-copy, direct only)
+LAZY_PIPE = 4 << 20  # CRIU's lazy page server grows a pipe to this (docs/migration.md)
+CAP_SYS_RESOURCE = 24
+PAGE = 4096
 
 
 class Transfer:
@@ -48,11 +54,15 @@ class Transfer:
     def carry(self):
         raise NotImplementedError
 
-    def authorize(self, names):
+    def finish(self):
+        return None
+
+    def authorize(self, names, listen=False):
         """The migration's one-time SSH key, made here and authorised on the target only from
         the source's address, only for its forced command (``podmigrate-node forced``:
         receive, a page server, the verdict) and to forward to one loopback port per name in
-        ``names`` (where the target's page servers will listen), until it expires; the
+        ``names`` (where the target's page servers will listen; with ``listen``, the ports
+        the key may forward from the target back to the source instead), until it expires; the
         private half and the target's host key written to the source. {name: port}."""
         job = self.job
         work = tempfile.mkdtemp(prefix="podmigrate-key-")
@@ -77,7 +87,7 @@ class Transfer:
             f"python3 -c 'import json, socket, time; s = [socket.socket() for _ in range({len(names)})]; "
             "[x.bind((\"127.0.0.1\", 0)) for x in s]; print(json.dumps([[x.getsockname()[1] for x in s], "
             f"time.strftime(\"%Y%m%d%H%M\", time.localtime(time.time() + {lifetime}))]))'"))
-        forward = "".join(f',permitopen="127.0.0.1:{port}"' for port in ports)
+        forward = "".join(f',{"permitlisten" if listen else "permitopen"}="127.0.0.1:{port}"' for port in ports)
         entry = (f'restrict{",port-forwarding" + forward if ports else ""},from="{job.source_ip}",'
                  f'expiry-time="{expiry}",command="{HELPER} forced" {public}')
         job.target.run(add_key_command(AUTHORIZED_KEYS), stdin=(entry + "\n").encode())
@@ -116,6 +126,59 @@ class Direct(Transfer):
         sent = job.capture.answer(job.timeout)
         return {"sha256": sent["sha256"], "bytes": sent["bytes"], "sent_bytes": sent["wire_bytes"],
                 "attempts": sent["attempts"]}
+
+
+class Lazy(Direct):
+    """Post-copy (``copy=lazy``): the direct transfer without the memory pages. Each
+    container's CRIU on the source serves them (``runc checkpoint --lazy-pages``, the pod
+    still frozen); the target's runtime restores the container at once and CRIU's lazy-pages
+    daemon there fetches its pages as the restored processes touch them, and the rest in the
+    background, through an SSH tunnel the source opens before the freeze (the migration's
+    key may listen on one loopback port per container there). The source is ended only once
+    every page has been served (finish); if it or the link dies before, the pod is lost."""
+
+    def problems(self):
+        job = self.job
+        found = []
+        if job.keeps_name:
+            found.append("copy=lazy cannot move a pod that keeps its name (a StatefulSet's): its source is "
+                         "deleted before its restore, and the memory post-copy would fetch with it")
+        size, bounding = job.source.run("cat /proc/sys/fs/pipe-max-size; "
+                                        "sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status").split()
+        if int(size) < LAZY_PIPE and not int(bounding, 16) >> CAP_SYS_RESOURCE & 1:
+            found.append(f"copy=lazy: node {job.source.name} cannot serve pages lazily: CRIU's lazy page server "
+                         f"needs a {LAZY_PIPE >> 20} MiB pipe, over fs.pipe-max-size ({int(size)}) without "
+                         "CAP_SYS_RESOURCE (not in the node's bounding set); raise fs.pipe-max-size to "
+                         f"{LAZY_PIPE} there, or use copy=eager")
+        return found
+
+    def prepare(self):
+        self.ports = self.authorize(self.job.containers, listen=True)
+
+    def dump_args(self):
+        return [*super().dump_args(), "--lazy"]
+
+    def finish(self):
+        """Every page served (the source's dump session says so once each container's page
+        server has ended) and received (each lazy-pages daemon on the target ended well);
+        {seconds}. Else the restored pod's memory is incomplete: NodeError."""
+        job = self.job
+        served = job.capture.answer(job.timeout)
+        failed = [f"{name}: its page server ended with {code}" for name, code in served["served"].items() if code]
+        exits = f"{job.directory}/payload/*/lazy-pages.exit"
+        # each daemon writes its exit code right after its last page (the source's server ends first)
+        waited = job.target.run(f"for i in $(seq 300); do ls {exits} 2>/dev/null | wc -l | "
+                                f"grep -qx {len(job.containers)} && break; sleep 0.1; done; grep -H . {exits}",
+                                check=False)
+        codes = {line.split("/")[-2]: line.rsplit(":", 1)[1] for line in waited.split()}
+        failed += [f"{name}: CRIU's lazy-pages daemon ended with {codes.get(name, 'nothing (still running)')}"
+                   for name in job.containers if codes.get(name) != "0"]
+        if failed:
+            raise NodeError("post-copy failed: " + "; ".join(failed))
+        # what the daemons fetched: "<pid>-<uffd>: Found N pages to be handled by UFFD" (CRIU's log)
+        found = job.target.run(f"cat {job.directory}/payload/*/restore-work/lazy-pages.log 2>/dev/null | "
+                               "sed -n 's/.* Found \\([0-9]*\\) pages to be handled by UFFD.*/\\1/p'", check=False)
+        return {"seconds": served["seconds"], "bytes": sum(int(n) for n in found.split()) * PAGE}
 
 
 def add_key_command(path):
@@ -207,8 +270,9 @@ class SmbShare(Transfer):
         return {"sha256": sent["sha256"], "bytes": sent["bytes"], "sent_bytes": sent["wire_bytes"], "attempts": 1}
 
 
-def choose(job, transfer, share):
-    """The transfer named ``transfer`` (and, for ``share``, what it goes through)."""
+def choose(job, transfer, share, copy="eager"):
+    """The transfer named ``transfer`` (and, for ``share``, what it goes through; for
+    ``direct``, ``copy``: the memory before the restore or after)."""
     if transfer == "direct":
-        return Direct(job)
+        return Lazy(job) if copy == "lazy" else Direct(job)
     return SmbShare(job) if share == "smb" else DirShare(job)
