@@ -4,7 +4,7 @@ that cannot be drawn never costs the measurements: the table and the JSON come f
 
 from __future__ import annotations
 
-METHODS = ("direct", "share", "registry", "restart", "floor")
+METHODS = ("direct", "lazy", "share", "registry", "restart", "floor")
 LABELS = {"restart": "restart (state lost)", "floor": "floor (raw CRIU + bare copy)"}
 
 

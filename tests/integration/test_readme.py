@@ -82,8 +82,9 @@ def test_a_new_user_walks_the_readme_after_make_demo(api, cluster):
         assert [(i, "migrated") for i in new[:4]] == [m for m in listed if m[0] in new[:4]], listed
         # no migration was left unfinished
         assert "nothing to recover" in out, out[-4000:]
-        # the benchmark's table, ours and the floor
+        # the benchmark's table, ours (eager and post-copy) and the floor
         assert re.search(r"^\| 256 \| direct \| 2/2 \|", out, re.M), out[-4000:]
+        assert re.search(r"^\| 256 \| lazy \| 2/2 \|", out, re.M), out[-4000:]
         assert re.search(r"^\| 256 \| floor \| 2/2 \|", out, re.M), out[-4000:]
     finally:
         remove_counter(api)
