@@ -26,15 +26,19 @@ def cni():
 
 
 def network():
-    """{"name", "bridge", "keeps": whether the plugin is chained} of the node's pod network."""
+    """{"name", "bridge", "keeps": whether the plugin is chained, "ranges": host-local's
+    subnets} of the node's pod network."""
     try:
         with open(CONFLIST) as f:
             conf = json.load(f)
     except (OSError, ValueError):
-        return {"name": None, "bridge": None, "keeps": False}
-    types = {plugin.get("type"): plugin for plugin in conf.get("plugins") or []}
+        return {"name": None, "bridge": None, "keeps": False, "ranges": []}
+    plugins = conf.get("plugins") or []
+    types = {plugin.get("type"): plugin for plugin in plugins}
     bridge = (types.get("bridge") or {}).get("bridge")
-    return {"name": conf.get("name"), "bridge": bridge,
+    ranges = [entry["subnet"] for plugin in plugins for group in (plugin.get("ipam") or {}).get("ranges") or []
+              for entry in group if "subnet" in entry]
+    return {"name": conf.get("name"), "bridge": bridge, "ranges": ranges,
             "keeps": PLUGIN in types and bool(bridge) and os.access(os.path.join("/opt/cni/bin", PLUGIN), os.X_OK)}
 
 
@@ -57,7 +61,7 @@ def route(address, to):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
         clouds = cloud.provider()
-        if clouds and _in_own_range(address):
+        if clouds and _in(address, net["ranges"]):
             clouds.route_home(address)  # the cloud's route too: the range's covers it (cloud.py)
         return
     if to == "local":
@@ -72,19 +76,12 @@ def route(address, to):
     _write(path, to + "\n")
 
 
-def _in_own_range(address):
-    """Whether ``address`` lies in this node's pod range (host-local's, in the conflist)."""
-    try:
-        with open(CONFLIST) as f:
-            plugins = json.load(f).get("plugins") or []
-    except (OSError, ValueError):
-        return False
-    for plugin in plugins:
-        for ranges in ((plugin.get("ipam") or {}).get("ranges") or []):
-            for entry in ranges:
-                with contextlib.suppress(KeyError, ValueError):
-                    if ipaddress.IPv4Address(address) in ipaddress.ip_network(entry["subnet"], strict=False):
-                        return True
+def _in(address, subnets):
+    """Whether ``address`` lies in one of ``subnets`` (the node's pod ranges: network())."""
+    for subnet in subnets:
+        with contextlib.suppress(ValueError):
+            if ipaddress.IPv4Address(address) in ipaddress.ip_network(subnet, strict=False):
+                return True
     return False
 
 
