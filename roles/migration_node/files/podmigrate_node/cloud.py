@@ -55,18 +55,23 @@ def route_name(address):
     return "address-" + str(ipaddress.IPv4Address(address)).replace(".", "-")
 
 
+def http_url(url, where):
+    """``url``, which urllib is given to open: only http(s), else the helper fails saying where
+    it came from."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        fail(f"{where}: not an http(s) URL: {url!r}")
+    return url
+
+
 class Azure:
     """The subnet's route table, through ARM's REST API as the VM's managed identity."""
 
     def __init__(self, conf):
         self.table = conf["route_table"].rstrip("/")
         self.node_ip = str(ipaddress.IPv4Address(conf["node_ip"]))
-        self.identity = conf.get("identity_endpoint") or IMDS_URL
+        self.identity = http_url(conf.get("identity_endpoint") or IMDS_URL, CONFIG)
         self.client_id = conf.get("client_id")
-        self.management = (conf.get("management") or MANAGEMENT).rstrip("/")
-        for url in (self.identity, self.management):
-            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                fail(f"{CONFIG}: not an http(s) URL: {url!r}")
+        self.management = http_url((conf.get("management") or MANAGEMENT).rstrip("/"), CONFIG)
         self._token = None
 
     def token(self):
@@ -87,8 +92,7 @@ class Azure:
 
     def call(self, method, url, body=None):
         """(status, JSON body or None, headers) of one ARM call; an error status fails but 404."""
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            fail(f"Azure: not an http(s) URL: {url!r}")
+        http_url(url, "Azure")  # ARM's own too (a long-running operation's)
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method, headers={  # noqa: S310 - http(s) only
             "Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"})
