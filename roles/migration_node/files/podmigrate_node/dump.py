@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -79,6 +80,11 @@ def start_lazy(tunnel, command, env, work):
     on the tunnel's port until the target's ``criu lazy-pages`` has them all. Returned when it
     serves (CRIU's status byte; the process left running in ``tunnel.server``), or as a
     CompletedProcess when it failed before."""
+    # CRIU keeps the memory in pipes until it has served it, two descriptors per 4 MiB (4 GiB:
+    # over 2000); it raises its own limit only with CAP_SYS_RESOURCE, so it is given the most
+    # it may have without (seen: "Can't make pipe for page-pipe: Too many open files")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ready, status = os.pipe()
     with open(os.path.join(work, "checkpoint.err"), "w+") as err:
         # its own process group: ended whole (runc and its CRIU) should the session go first
