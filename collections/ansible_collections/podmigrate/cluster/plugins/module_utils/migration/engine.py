@@ -1020,17 +1020,21 @@ class Migration(Runner):
         volumes = self.report.get("volumes") or {}
         raw = sum(c.get("checkpoint_bytes", 0) + c.get("rootfs_bytes", 0)
                   for c in self.report["containers"].values()) + volumes.get("bytes", 0)
+        fetched = (self.report.get("post_copy") or {}).get("bytes", 0)  # post-copy: the pages, after the restore
         sent = (self.report.get("transfer_detail") or {}).get("sent_bytes", 0) + \
-            sum(c.get("streamed_bytes", 0) for c in self.report["containers"].values()) + \
-            (self.report.get("post_copy") or {}).get("bytes", 0)  # the pages fetched after the restore
+            sum(c.get("streamed_bytes", 0) for c in self.report["containers"].values()) + fetched
         # the time the bytes took to move: the transfer, and the checkpoint too when the pages
-        # streamed to the target as they were dumped
-        moving = self.report["phases"].get("transfer", 0)
+        # streamed to the target as they were dumped; with post-copy, from the restore's start
+        # to the last page too
+        phases = self.report["phases"]
+        moving = phases.get("transfer", 0)
         if any(c.get("streamed_bytes") for c in self.report["containers"].values()):
-            moving += self.report["phases"].get("checkpoint", 0)
+            moving += phases.get("checkpoint", 0)
+        if fetched:
+            moving += phases.get("restore", 0) + phases.get("verify", 0) + phases.get("pages", 0)
         self.report.update(checkpoint_bytes=raw, sent_bytes=sent)
         if moving:
-            self.report["throughput_mib_s"] = round(raw / moving / 2**20, 1)
+            self.report["throughput_mib_s"] = round((raw + fetched) / moving / 2**20, 1)
         if self.report["result"] == "already there":
             self.report["summary"] = self.report["message"]
             return
