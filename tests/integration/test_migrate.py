@@ -597,7 +597,10 @@ def recover(cluster, pod="default/counter"):
     # payload restored without its controller: forward once the target has its route and every
     # container runs restored (its verdict), else back; either way the address is where the pod is
     ("address", None),
-    ("restore", None), ("verify", None), ("commit", "forward")])
+    ("restore", None), ("verify", None), ("commit", "forward"),
+    # post-copy (copy=lazy), past the commit point while the source serves the pages: the
+    # dump session serves on without its engine, the recovery waits for it, then forward
+    ("pages", "forward")])
 def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_copy_and_nothing_left(
         api, cluster, counter, phase, way):
     leases = client.CoordinationV1Api(api.api_client)
@@ -605,7 +608,8 @@ def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_co
     target = next(w for w in WORKERS if w != source.spec.node_name)
     checksum = ask(cluster, counter["checksum"])
     probe = Probe(cluster, counter["url"], mode="keep")
-    kill_mid_phase(cluster, target, phase)
+    with pipe_max_size(LAZY_PIPE) if phase == "pages" else contextlib.nullcontext():
+        kill_mid_phase(cluster, target, phase, *(["--copy", "lazy"] if phase == "pages" else []))
     # while its Lease is renewed by no one and has not lapsed, nothing else may take the pod
     lease = leases.read_namespaced_lease("podmigrate-counter", "default")
     assert lease.spec.lease_duration_seconds == LOCK_SECONDS
