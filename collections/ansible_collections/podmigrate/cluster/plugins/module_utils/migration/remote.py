@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import shlex
 import subprocess
@@ -131,24 +132,28 @@ class Session:
         self.node, self.command = node, command
         self.proc = subprocess.Popen(node.argv(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
+        self.pending = b""  # what was read of its stdout past the last line answered
 
     def send(self, line):
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
 
     def answer(self, timeout):
-        """The next JSON line; a NodeError with the helper's message when it ended instead."""
+        """The next JSON line; a NodeError with the helper's message when it ended instead. Its
+        stdout is read from the descriptor, never through a buffer that select() cannot see:
+        two lines that arrived together are two answers, the second one waiting here."""
         deadline = time.monotonic() + timeout
-        line = b""
-        while not line.endswith(b"\n"):
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
                 self.close()
                 raise NodeError(f"{self.node.name}: `{self.command}` did not answer within {timeout} s")
-            chunk = self.proc.stdout.readline()
+            chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            line += chunk
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
         if not line.strip():
             self.proc.wait(timeout=30)
             err = self.proc.stderr.read().decode(errors="replace").strip()[-2000:]
