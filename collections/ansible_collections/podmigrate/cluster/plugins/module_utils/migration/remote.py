@@ -153,7 +153,7 @@ class Session:
             if not chunk:
                 break
             self.pending += chunk
-        line, _, self.pending = self.pending.partition(b"\n")
+        line, self.pending = [*self.pending.split(b"\n", 1), b""][:2]
         if not line.strip():
             self.proc.wait(timeout=30)
             err = self.proc.stderr.read().decode(errors="replace").strip()[-2000:]
