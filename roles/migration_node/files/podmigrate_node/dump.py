@@ -102,6 +102,11 @@ def start_lazy(tunnel, command, env, work):
         return subprocess.CompletedProcess(command, code or 1, "", err.read())
 
 
+def lazy_servers(tunnels):
+    """{name: LazyTunnel} of the containers whose lazy page server was started."""
+    return {name: t for name, t in tunnels.items() if isinstance(t, LazyTunnel) and t.server}
+
+
 def serve_pages(tunnels, poll=0.2, limit=6 * 3600):
     """Post-copy's end on the source: every container's lazy page server waited for until it
     has served the target all its pages and ended; {"served": {name: runc's exit code}}. If
@@ -109,7 +114,7 @@ def serve_pages(tunnels, poll=0.2, limit=6 * 3600):
     yet is ended (end_servers); one that serves a restore goes on until that restore has all
     its pages or is gone: a restored pod the engine, a recovery or the watcher keeps needs
     them, and one deleted ends its CRIU's requests."""
-    servers = {name: t.server for name, t in tunnels.items() if isinstance(t, LazyTunnel) and t.server}
+    servers = {name: t.server for name, t in lazy_servers(tunnels).items()}
     started = time.monotonic()
     while any(p.poll() is None for p in servers.values()):
         if select.select([sys.stdin], [], [], poll)[0] and not sys.stdin.readline():
@@ -124,9 +129,9 @@ def end_servers(tunnels, grace, poll=0.2):
     nobody has asked yet then ends as if it had served; one serving the target refuses it:
     CRIU accepts one connection), the rest waited for up to ``grace`` seconds, then killed
     (runc and its CRIU, which release the pod's processes, still frozen)."""
-    servers = [t.server for t in tunnels.values() if isinstance(t, LazyTunnel) and t.server]
-    for tunnel in tunnels.values():
-        if isinstance(tunnel, LazyTunnel) and tunnel.server and tunnel.server.poll() is None:
+    servers = [t.server for t in lazy_servers(tunnels).values()]
+    for tunnel in lazy_servers(tunnels).values():
+        if tunnel.server.poll() is None:
             with socket.socket() as sk:
                 sk.settimeout(2)
                 with contextlib.suppress(OSError):

@@ -217,25 +217,19 @@ def free_port():
         return probe.getsockname()[1]
 
 
-class LazyTunnel:
-    """Post-copy: an SSH connection to the target with the migration's key that forwards the
-    target's loopback ``port`` (where its ``criu lazy-pages`` asks for pages: the runtime's
-    restore) to a free loopback port here, where this container's ``runc checkpoint
-    --lazy-pages`` serves them. Encrypted, and nothing else reaches the page server: it
-    listens on loopback only."""
+class Tunnel:
+    """An SSH session to the target with the migration's key that runs ``command`` there (its
+    forced command checks it) and forwards one loopback port (``forward``: ssh's -L or -R
+    argument, with ``local_port`` its end here). Open once the target's end says "ready"."""
 
-    def __init__(self, args, name, port):
-        self.local_port, self.remote_port = free_port(), port
-        self.server = None  # runc checkpoint, once it serves the pages (dump.start_lazy)
+    def __init__(self, args, forward, command, what):
         self.proc = subprocess.Popen(
             [*migration_ssh(args.key, args.known_hosts), "-o", "ExitOnForwardFailure=yes",
-             "-R", f"127.0.0.1:{port}:127.0.0.1:{self.local_port}", f"root@{args.to}",
-             f"lazy-tunnel {args.migration} {name} {port}"],
+             *forward, f"root@{args.to}", command],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             self.proc.wait(timeout=30)
-            fail(f"the tunnel to the target for the pages of {name} did not open: "
-                 f"{self.proc.stderr.read().strip()[-600:]}")
+            fail(f"{what}: {self.proc.stderr.read().strip()[-600:]}")
 
     def close(self):
         if self.proc.poll() is None:
@@ -243,23 +237,30 @@ class LazyTunnel:
             self.proc.wait()
 
 
-class PageTunnel:
-    """An SSH connection to the target with the migration's key, forwarding a free loopback
-    port here to the target's loopback port where `page-server` runs CRIU's page server for
-    one container: the dump sends its memory pages through it as it reads them, encrypted,
-    and writes none of them here."""
+class LazyTunnel(Tunnel):
+    """Post-copy: forwards the target's loopback ``port`` (where its ``criu lazy-pages`` asks
+    for pages: the runtime's restore) to a free loopback port here, where this container's
+    ``runc checkpoint --lazy-pages`` serves them. Encrypted, and nothing else reaches the page
+    server: it listens on loopback only."""
+
+    def __init__(self, args, name, port):
+        self.local_port, self.remote_port = free_port(), port
+        self.server = None  # runc checkpoint, once it serves the pages (dump.start_lazy)
+        super().__init__(args, ["-R", f"127.0.0.1:{port}:127.0.0.1:{self.local_port}"],
+                         f"lazy-tunnel {args.migration} {name} {port}",
+                         f"the tunnel to the target for the pages of {name} did not open")
+
+
+class PageTunnel(Tunnel):
+    """Forwards a free loopback port here to the target's loopback port where `page-server`
+    runs CRIU's page server for one container: the dump sends its memory pages through it as
+    it reads them, encrypted, and writes none of them here."""
 
     def __init__(self, args, name, port):
         self.local_port = free_port()
-        self.proc = subprocess.Popen(
-            [*migration_ssh(args.key, args.known_hosts), "-o", "ExitOnForwardFailure=yes",
-             "-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{port}", f"root@{args.to}",
-             f"page-server {args.migration} {name} {port}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        if line != "ready":
-            self.proc.wait(timeout=30)
-            fail(f"the target's page server for {name} did not start: {self.proc.stderr.read().strip()[-600:]}")
+        super().__init__(args, ["-L", f"127.0.0.1:{self.local_port}:127.0.0.1:{port}"],
+                         f"page-server {args.migration} {name} {port}",
+                         f"the target's page server for {name} did not start")
 
     def finish(self):
         """What the page server received, once it has ended (the session stays open until
@@ -285,11 +286,6 @@ class PageTunnel:
         except subprocess.TimeoutExpired:
             return ""
         return self.proc.stderr.read().strip()[-1500:]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def cmd_pack(args):

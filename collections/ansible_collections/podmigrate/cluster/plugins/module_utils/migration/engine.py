@@ -821,8 +821,7 @@ class Migration(Runner):
         self.rollback_do(f"restore the pod on its source node {self.source.name}", "restore_at_source",
                          node=self.source.name, pod=at_source, address=back)
         self.source.run(f"touch {self.directory}/{SOURCE_DELETED}")  # its watcher leaves it to recover
-        if self.delete_pod(self.name, self.uid):
-            self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
+        self.end_source()
         restored = manifest.restored_pod(self.pod, self.target.name, self.id, self.id.rsplit("-", 1)[1],
                                          keep_name=True, address=(self.address or {}).get("ip"))
         self.restored_name = restored["metadata"]["name"]
@@ -894,12 +893,16 @@ class Migration(Runner):
         self.wait_gone(self.name)
 
     def end_frozen_source(self):
-        """The commit of a frozen source: the pod object first (the kubelet then stops its
-        containers and never starts them again), then the helper kills their processes once
-        the kubelet's stop has begun: they never run another instruction. A ReplicaSet's pod
-        is handed over first (hand_over): its ReplicaSet never counts one pod too few."""
+        """The commit of a frozen source (end_source). A ReplicaSet's pod is handed over first
+        (hand_over): its ReplicaSet never counts one pod too few."""
         if self.owner:
             self.hand_over(self.restored_name, self.owner)
+        self.end_source()
+
+    def end_source(self):
+        """The source pod's object deleted first (the kubelet then stops its containers and
+        never starts them again), then, if it was still there, its processes killed by the
+        helper once the kubelet's stop has begun: they never run another instruction."""
         if self.delete_pod(self.name, self.uid):
             self.report["source_end"] = json.loads(self.source.helper("kill", self.uid, self.id))
 
@@ -1011,8 +1014,7 @@ class Migration(Runner):
             self.event("MigrationLost", f"post-copy failed, the pod is lost: {exc}", pod_name=self.name,
                        kind="Warning")
             self.delete_pod(self.restored_name)
-            if self.delete_pod(self.name, self.uid):
-                self.source.helper("kill", self.uid, self.id)
+            self.end_source()
             raise PodLost(f"{exc}. The pod is lost: its restored copy's memory was incomplete and its source's "
                           "older than what the restored copy had answered; both were ended") from exc
 
