@@ -991,36 +991,39 @@ HOLDINGS = {
 }
 
 
-def test_a_deployments_pod_moves_and_the_deployment_never_starts_nor_deletes_another(api, cluster):
+# post-copy too: its source, frozen, is handed over to the ReplicaSet only once every page is served
+@pytest.mark.parametrize("copy", ["eager", "lazy"])
+def test_a_deployments_pod_moves_and_the_deployment_never_starts_nor_deletes_another(api, cluster, copy):
     """A Deployment of two replicas on the first worker: one of its pods moves. Watched all
     along: no pod but the two and the restored one ever exists, the Deployment never has
     fewer than two pods ready, the moved pod's count goes on and its memory is the same,
     and its ReplicaSet owns it (no new rollout: the one ReplicaSet, its pod-template-hash)."""
     apps = client.AppsV1Api(api.api_client)
     w1, w2 = WORKERS
-    template = counter_pod("deployed", None, labels={"app": "deployed"},
+    name = "deployed" if copy == "eager" else "deployed-lazy"
+    template = counter_pod(name, None, labels={"app": name},
                            node_selector={"kubernetes.io/hostname": w1})
     apps.create_namespaced_deployment("default", client.V1Deployment(
-        metadata=client.V1ObjectMeta(name="deployed"),
-        spec=client.V1DeploymentSpec(replicas=2, selector=client.V1LabelSelector(match_labels={"app": "deployed"}),
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1DeploymentSpec(replicas=2, selector=client.V1LabelSelector(match_labels={"app": name}),
                                      template=client.V1PodTemplateSpec(metadata=template.metadata,
                                                                        spec=template.spec))))
     seen, stop = [], threading.Event()
 
     def watch():
         while not stop.is_set():
-            pods = api.list_namespaced_pod("default", label_selector="app=deployed").items
-            status = apps.read_namespaced_deployment_status("deployed", "default").status
+            pods = api.list_namespaced_pod("default", label_selector=f"app={name}").items
+            status = apps.read_namespaced_deployment_status(name, "default").status
             seen.append(({p.metadata.name for p in pods}, status.ready_replicas or 0,
                          sum(1 for p in pods if p.metadata.deletion_timestamp is None)))
             time.sleep(0.1)
 
     try:
         deadline = time.monotonic() + 120
-        while (apps.read_namespaced_deployment_status("deployed", "default").status.ready_replicas or 0) < 2:
+        while (apps.read_namespaced_deployment_status(name, "default").status.ready_replicas or 0) < 2:
             assert time.monotonic() < deadline, "the Deployment never had its two pods ready"
             time.sleep(0.5)
-        pods = api.list_namespaced_pod("default", label_selector="app=deployed").items
+        pods = api.list_namespaced_pod("default", label_selector=f"app={name}").items
         moving, staying = sorted(p.metadata.name for p in pods)
         source = next(p for p in pods if p.metadata.name == moving)
         url = f"http://{source.status.pod_ip}:8080"
@@ -1028,7 +1031,8 @@ def test_a_deployments_pod_moves_and_the_deployment_never_starts_nor_deletes_ano
         owner = source.metadata.owner_references[0]
         watcher = threading.Thread(target=watch)
         watcher.start()
-        run = migrate(cluster, f"default/{moving}", target=w2)
+        with pipe_max_size(LAZY_PIPE) if copy == "lazy" else contextlib.nullcontext():
+            run = migrate(cluster, f"default/{moving}", target=w2, copy=copy)
         stop.set()
         watcher.join()
         assert run.rc == 0, run.output[-5000:]
@@ -1046,23 +1050,24 @@ def test_a_deployments_pod_moves_and_the_deployment_never_starts_nor_deletes_ano
         # settled: its ReplicaSet has the two, and the Deployment never rolled out another
         deadline = time.monotonic() + 30
         while True:
-            pods = {p.metadata.name for p in api.list_namespaced_pod("default", label_selector="app=deployed").items}
-            status = apps.read_namespaced_deployment_status("deployed", "default").status
+            pods = {p.metadata.name for p in api.list_namespaced_pod("default", label_selector=f"app={name}").items}
+            status = apps.read_namespaced_deployment_status(name, "default").status
             if pods == {staying, moved.metadata.name} and status.replicas == status.ready_replicas == 2:
                 break
             assert time.monotonic() < deadline, (pods, status)
             time.sleep(0.5)
-        sets = apps.list_namespaced_replica_set("default", label_selector="app=deployed").items
+        sets = apps.list_namespaced_replica_set("default", label_selector=f"app={name}").items
         assert [r.metadata.name for r in sets] == [owner.name], "the move rolled the Deployment out again"
         report = last_report(cluster)
+        assert report["copy"] == copy, report
         print(f"\nDeployment: at most {max(s[2] for s in seen)} of its pods not being deleted at once; "
               f"the moved pod frozen {report['frozen_seconds']} s")
         assert leftovers(cluster) == {w: [] for w in WORKERS}
     finally:
         stop.set()
-        apps.delete_namespaced_deployment("deployed", "default", propagation_policy="Foreground")
+        apps.delete_namespaced_deployment(name, "default", propagation_policy="Foreground")
         deadline = time.monotonic() + 60
-        while api.list_namespaced_pod("default", label_selector="app=deployed").items and time.monotonic() < deadline:
+        while api.list_namespaced_pod("default", label_selector=f"app={name}").items and time.monotonic() < deadline:
             time.sleep(0.5)
 
 
