@@ -835,6 +835,9 @@ def test_post_copy_restores_the_pod_before_its_memory_arrives_and_loses_nothing(
         # the checkpoint held none of the memory: the target's CRIU fetched all of it after the restore
         assert report["containers"]["counter"]["checkpoint_bytes"] < 64 << 20, report["containers"]
         assert report["post_copy"]["bytes"] >= LAZY_MIB << 20, report["post_copy"]
+        # the pages phase told how much of it had arrived (the restored pod's memory), growing
+        fetched = [float(m) for m in re.findall(r"\] pages: ([\d.]+) MiB of ~", run.output)]
+        assert fetched and fetched == sorted(fetched) and fetched[-1] > 0, run.output[-5000:]
         moved = current(api, "lazy")
         assert moved.spec.node_name == WORKERS[1] and moved.metadata.uid != source.metadata.uid
         assert moved.status.pod_ip == source.status.pod_ip

@@ -16,6 +16,8 @@ the CNI plugin that gives a restored pod its kept IP address.
   preflight POD-UID               what each process of the pod holds that matters to CRIU: its
                                   sockets (family, type, protocol), anonymous inodes and
                                   character devices (open or mapped); the engine judges them
+  memory POD-UID                  the anonymous memory of the pod's processes (post-copy's
+                                  progress: a lazily restored page counts once it is there)
   thaw POD-UID                    thaw every container of the pod (a rollback)
   dump POD-UID ID [--volume V]... [--to HOST --key K --known-hosts F --port NAME=P...] [--lazy]
                                   a session with the engine (JSON lines): the pod's

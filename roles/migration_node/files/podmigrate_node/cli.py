@@ -15,7 +15,7 @@ from podmigrate_node.common import fail
 from podmigrate_node.dump import cmd_dump
 from podmigrate_node.fence import cmd_fence, cmd_unfence
 from podmigrate_node.pod import cmd_images_present, cmd_kill, cmd_restored, cmd_thaw
-from podmigrate_node.preflight import cmd_preflight
+from podmigrate_node.preflight import cmd_memory, cmd_preflight
 from podmigrate_node.settle import cmd_settle
 from podmigrate_node.smb import cmd_smb_check, cmd_smb_get, cmd_smb_put, cmd_smb_rm
 from podmigrate_node.stream import cmd_forced, cmd_pack, cmd_page_server, cmd_receive, cmd_unpack
@@ -50,6 +50,7 @@ COMMANDS = {
     "version": (lambda _args: print(self_digest()), ""),
     "images-present": (cmd_images_present, "refs*"),
     "preflight": (cmd_preflight, "uid"),
+    "memory": (cmd_memory, "uid"),
     "thaw": (cmd_thaw, "uid"),
     "dump": (cmd_dump, "uid migration --volume+ --to --key --known-hosts --port+ --send? --lazy?"),
     "page-server": (cmd_page_server, "migration name port:int"),

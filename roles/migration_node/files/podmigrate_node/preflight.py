@@ -226,6 +226,16 @@ def cmd_preflight(args):
     print(json.dumps({"processes": found, "unix_sockets": sorted(peers or {}), "memory_bytes": memory}))
 
 
+def cmd_memory(args):
+    """The anonymous memory of every process of the pod (post-copy's progress on the target:
+    a lazily restored page counts once it has arrived)."""
+    total = 0
+    for pid in pod_processes(args.uid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += anonymous_bytes(pid)
+    print(json.dumps({"memory_bytes": total}))
+
+
 def anonymous_bytes(pid, proc="/proc"):
     """The anonymous memory of a process (what CRIU dumps as its pages), from smaps_rollup."""
     with open(f"{proc}/{pid}/smaps_rollup") as f:

@@ -1009,7 +1009,9 @@ class Migration(Runner):
         holes and the source's is older than what the restored pod has answered since: the
         pod is lost, and both copies are ended (PodLost)."""
         try:
-            self.report["post_copy"] = self.carrier.finish()
+            # what the restored pod holds of its memory so far, told every two seconds
+            with progress.ByteWatch(self.tell, "pages", self.restored_memory, self.memory_bytes, interval=2.0):
+                self.report["post_copy"] = self.carrier.finish()
         except Exception as exc:
             self.event("MigrationLost", f"post-copy failed, the pod is lost: {exc}", pod_name=self.name,
                        kind="Warning")
@@ -1017,6 +1019,11 @@ class Migration(Runner):
             self.end_source()
             raise PodLost(f"{exc}. The pod is lost: its restored copy's memory was incomplete and its source's "
                           "older than what the restored copy had answered; both were ended") from exc
+
+    def restored_memory(self):
+        """The anonymous memory of the restored pod's processes: post-copy's pages count once
+        they have arrived."""
+        return json.loads(self.target.helper("memory", self.restored_uid, timeout=10))["memory_bytes"]
 
     def summarize(self):
         volumes = self.report.get("volumes") or {}
