@@ -2,7 +2,8 @@
 `eval "$(scripts/podmigrate env)"`), with kubectl's conventions and podmigrate's engine.
 
   kubectl migrate pod NAME [-n NAMESPACE] [--to NODE] [-o json] [--kubeconfig FILE] [--context NAME]
-  kubectl migrate drain NODE [--migrate-only] [--force] [-o json] [--kubeconfig FILE] [--context NAME]
+  kubectl migrate drain NODE [--migrate-only] [--force] [--copy lazy] [-o json] [--kubeconfig FILE]
+                             [--context NAME]
   kubectl migrate recover [NAME] [-n NAMESPACE] [-o json]
   kubectl migrate reports [ID] [-o json]
 

@@ -9,7 +9,7 @@
   podmigrate nodes [--json]                                    the local nodes' state
   podmigrate env                                               shell lines: PATH, KUBECONFIG
 
-Exit codes of `migrate` (of `drain`: 0 drained, 1 not drained, 3 refused):
+Exit codes of `migrate` (of `drain`: 0 drained, 1 not drained, 3 refused, 7 a pod lost):
   0  migrated, or already on the target
   1  failed before it changed anything (no cluster, an unreachable node...)
   2  usage error
@@ -131,22 +131,20 @@ def cmd_drain(args):
     that cannot move is evicted as kubectl drain does (its PodDisruptionBudgets decide),
     unless --migrate-only; a pod no controller would start again is evicted only with
     --force. DaemonSet pods and static pods stay. Prints what became of every pod and why;
-    the node stays cordoned (kubectl uncordon NODE). Exit code 0 when drained, 1 when a pod
-    other than those that belong to the node is still on it, 3 when refused."""
+    the node stays cordoned (kubectl uncordon NODE). With --copy lazy each pod moves with
+    post-copy where it can (else eagerly, saying why). Exit code 0 when drained, 1 when a pod
+    other than those that belong to the node is still on it, 3 when refused, 7 when
+    post-copy lost a pod."""
     extra = {"node": args.node, "migrate_only": args.migrate_only, "force": args.force, "parallel": args.parallel,
-             "eviction_timeout": args.eviction_timeout, "transfer": args.transfer, "timeout": args.timeout,
+             "eviction_timeout": args.eviction_timeout, "transfer": args.transfer, "copy": args.copy,
+             "timeout": args.timeout,
              "node_deadline": args.node_deadline, "lock_seconds": args.lock_seconds,
              "keep_address": not args.new_address}
     if args.share:
         extra["share"] = args.share
     result = run_migrate_playbook(with_identity(extra, args), args, playbook="drain.yml")
     report = result.get("report") or {}
-    if report.get("result") == "drained":
-        code = OK
-    elif report.get("result") == "refused" or (result.get("msg") or "").startswith("refused"):
-        code = REFUSED
-    else:
-        code = NOT_STARTED
+    code = drain_exit_code(result)
     if args.json:
         print(json.dumps({"result": report.get("result"), "exit_code": code, "message": result.get("msg") or
                           report.get("summary"), "report": report}, indent=2))
@@ -154,10 +152,23 @@ def cmd_drain(args):
     for pod in report.get("pods") or []:
         moved = pod["outcome"] == "moved"
         where = f" to {pod['to']} as {pod['now']}, frozen {pod['downtime_seconds']:.2f} s" if moved else ""
-        print(f"{pod['pod']}: {pod['outcome']}{where}" + (f" ({pod['why']})" if pod.get("why") else ""))
+        why = pod.get("why") or (f"copy=eager: {pod['eager_because']}" if pod.get("eager_because") else "")
+        print(f"{pod['pod']}: {pod['outcome']}{where}" + (f" ({why})" if why else ""))
     print(result.get("msg") if result.get("failed") else report.get("summary"),
           file=sys.stderr if result.get("failed") else sys.stdout)
     return code
+
+
+def drain_exit_code(result):
+    """A drain's exit code, from the module's result."""
+    report = result.get("report") or {}
+    if (report.get("counts") or {}).get("lost"):
+        return LOST
+    if report.get("result") == "drained":
+        return OK
+    if report.get("result") == "refused" or (result.get("msg") or "").startswith("refused"):
+        return REFUSED
+    return NOT_STARTED
 
 
 def cmd_recover(args):
@@ -342,11 +353,11 @@ def migration_options(p, target=True):
     p.add_argument("--transfer", choices=["direct", "share"], default="direct",
                    help="direct: node to node over SSH, the memory streamed as it is dumped; share: one "
                    "archive through a share both nodes reach")
-    if target:
-        p.add_argument("--copy", choices=["eager", "lazy"], default="eager",
-                       help="eager: the memory on the target before the restore; lazy (post-copy, direct only): "
-                       "the pod restored at once and its memory fetched after, on demand; if the source node or "
-                       "the link fails before the last page, the pod is lost")
+    p.add_argument("--copy", choices=["eager", "lazy"], default="eager",
+                   help="eager: the memory on the target before the restore; lazy (post-copy, direct only): "
+                   "the pod restored at once and its memory fetched after, on demand; if the source node or "
+                   "the link fails before the last page, the pod is lost" + (
+                       "" if target else " (a pod post-copy cannot move, a StatefulSet's, moves eagerly)"))
     p.add_argument("--share", choices=["dir", "smb"],
                    help="what --transfer share goes through (default: smb when the inventory configures an "
                    "SMB share, else a directory both nodes mount)")

@@ -13,6 +13,7 @@ from kubernetes import client, config
 from kubernetes.stream import stream
 
 from integration.test_migrate import (
+    LAZY_PIPE,
     WORKERS,
     ask,
     busybox_on,
@@ -21,6 +22,7 @@ from integration.test_migrate import (
     counter_pod,
     delete_pod,
     leftovers,
+    pipe_max_size,
     wait_ready,
 )
 
@@ -148,13 +150,20 @@ def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_
     (job_pod,) = [p.metadata.name
                   for p in api.list_namespaced_pod("default", label_selector="job-name=drain-job").items]
 
-    # check mode says what would happen and changes nothing
-    check = run_playbook("drain.yml", cluster["inventory"], extra_vars={"node": w1}, options=("--check",))
+    # check mode says what would happen and changes nothing; asked for post-copy, each pod
+    # would move (with eager copy where post-copy is refused: this machine's fs.pipe-max-size)
+    check = run_playbook("drain.yml", cluster["inventory"], extra_vars={"node": w1, "copy": "lazy"},
+                         options=("--check",))
     assert check.rc == 0 and check.changed() == 1, check.output[-3000:]
     assert "would move to" in check.output and "would be evicted" in check.output, check.output[-3000:]
+    said = " ".join(check.output.split())  # the message as one line (Ansible wraps it)
+    assert all(f"default/{name} would move to {w2}" in said
+               for name in (*app_pods, "drain-bare", "drain-web-0", job_pod)), check.output[-3000:]
     assert not api.read_node(w1).spec.unschedulable
 
-    code, answer = cli_drain(cluster, w1, "--eviction-timeout", "6")
+    # with post-copy: each pod that can have it (the StatefulSet's cannot: it moves eagerly)
+    with pipe_max_size(LAZY_PIPE):
+        code, answer = cli_drain(cluster, w1, "--eviction-timeout", "6", "--copy", "lazy")
     report = answer["report"]
     outcomes = {e["pod"].split("/")[1]: e for e in report["pods"]}
     assert api.read_node(w1).spec.unschedulable, "the drained node must stay cordoned"
@@ -165,6 +174,10 @@ def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_
     assert set(moved) - set(cluster_pods) == {*app_pods, "drain-bare", "drain-web-0", job_pod}, outcomes
     assert set(cluster_pods) <= set(moved), (cluster_pods, outcomes)
     assert moved["drain-web-0"]["now"] == "default/drain-web-0"  # a StatefulSet's pod keeps its name
+    assert moved["drain-web-0"]["copy"] == "eager", moved["drain-web-0"]
+    assert "keeps its name" in moved["drain-web-0"]["eager_because"], moved["drain-web-0"]
+    assert {name: e["copy"] for name, e in moved.items() if name != "drain-web-0"} == \
+        {name: "lazy" for name in moved if name != "drain-web-0"}, moved
     for name, e in moved.items():
         # CoreDNS's pods may go to the control-plane node too (they tolerate its taint)
         assert e["to"] == w2 or (name in cluster_pods and e["to"] != w1), e
@@ -220,10 +233,14 @@ def test_a_worker_is_drained_by_migration_its_counters_go_on_and_a_second_drain_
     print("\ndrain: frozen " + ", ".join(f"{name} {e['downtime_seconds']} s" for name, e in sorted(moved.items())))
 
 
-def test_a_node_that_does_not_exist_is_refused_before_anything_changes(api, cluster):
-    code, answer = cli_drain(cluster, "nosuchnode")
+@pytest.mark.parametrize(("node", "options", "why"), [
+    ("nosuchnode", (), "node 'nosuchnode' not found"),
+    # else every pod would be refused, then evicted
+    (WORKERS[0], ("--transfer", "share", "--copy", "lazy"), "copy=lazy (post-copy) needs transfer=direct")])
+def test_a_drain_that_cannot_be_is_refused_before_anything_changes(api, cluster, node, options, why):
+    code, answer = cli_drain(cluster, node, *options)
     assert code == 3, answer
-    assert "node 'nosuchnode' not found" in answer["message"]
+    assert why in answer["message"], answer
     assert not any(n.spec.unschedulable for n in api.list_node().items)
 
 

@@ -94,6 +94,17 @@ def test_each_outcome_has_its_exit_code(report, code):
     assert podmigrate_cli.exit_code({"report": report})[0] == code
 
 
+@pytest.mark.parametrize(("result", "code"), [
+    ({"report": {"result": "drained", "counts": {"moved": 2, "lost": 0}}}, 0),
+    ({"report": {"result": "not drained", "counts": {"left": 1}}}, 1),
+    ({"msg": "refused, nothing changed: node 'x' not found", "report": {"result": "refused"}}, 3),
+    # post-copy lost a pod: the node may be empty, but that is no success
+    ({"report": {"result": "drained", "counts": {"moved": 1, "lost": 1}}}, 7),
+    ({"msg": "drain of pm-w1 failed: ...", "report": {"result": "failed"}}, 1)])
+def test_each_drain_outcome_has_its_exit_code(result, code):
+    assert podmigrate_cli.drain_exit_code(result) == code
+
+
 def write_report(directory, migration_id, result, phases, **extra):
     runner = Runner(migration_id, {"id": migration_id, "pod": "default/counter", "phases": phases,
                                    "result": result, **extra}, report_dir=str(directory))
@@ -254,7 +265,8 @@ def test_the_kubectl_plugin_has_kubectls_conventions_and_podmigrates_help():
     assert kubectl_migrate("pod").returncode == 2
     assert kubectl_migrate("pod", "counter", "-o", "yaml").returncode == 2
     sub = kubectl_migrate("drain", "--help")
-    for option in ("--kubeconfig", "--context", "-o {text,json}", "--migrate-only", "--force", "(default: 2)"):
+    for option in ("--kubeconfig", "--context", "-o {text,json}", "--migrate-only", "--force", "(default: 2)",
+                   "--copy {eager,lazy}"):
         assert option in sub.stdout, option
     assert "--to" not in sub.stdout and "-n NAMESPACE" not in sub.stdout
     assert kubectl_migrate("drain").returncode == 2

@@ -18,6 +18,10 @@ description:
     controller would start again is evicted only with I(force).
   - A DaemonSet's pod and a static pod's mirror are left alone. A migration that fails
     rolls back and its pod stays where it is (never evicted instead).
+  - With I(copy=lazy) each pod moves with post-copy where it can; one it cannot (a
+    StatefulSet's, or a node whose CRIU cannot serve pages lazily) moves with eager copy,
+    and its entry says why. A pod post-copy loses (its source or the link failed before
+    its last page) fails the drain, its outcome C(lost).
   - Reports what became of every pod (moved and where, with its downtime; evicted; left;
     failed) and why. A second run changes nothing.
   - In check mode it cordons nothing and says what each pod would do.
@@ -63,8 +67,9 @@ report:
   description:
     - C(result) (C(drained) when only pods that belong to the node are left on it, else
       C(not drained)), C(summary), C(counts) and C(pods), one entry per pod on the node
-      with its C(outcome) (C(moved), C(evicted), C(left), C(failed)), C(why), and for a
-      move C(to), C(now) (the restored pod), C(downtime_seconds) and C(migration).
+      with its C(outcome) (C(moved), C(evicted), C(left), C(failed), C(lost)), C(why), and
+      for a move C(to), C(now) (the restored pod), C(downtime_seconds), C(migration),
+      C(copy) and, where post-copy could not have the pod, C(eager_because).
   returned: always
   type: dict
 """
@@ -102,6 +107,10 @@ def main():
                          changed=bool(drain and drain.changed), report={"result": "failed"})
     if module.check_mode:
         module.exit_json(changed=report["changes"], report=report)
+    lost = [e for e in report["pods"] if e["outcome"] == "lost"]
+    if lost:
+        module.fail_json(msg=report["summary"] + "; post-copy lost: " + "; ".join(
+            f"{e['pod']}: {e.get('why', '')}" for e in lost), changed=drain.changed, report=report)
     if report["result"] == "not drained":
         module.fail_json(msg=report["summary"] + "; not drained: " + "; ".join(
             f"{e['pod']} {e['outcome']}: {e.get('why', '')}" for e in staying(report["pods"])),

@@ -10,8 +10,10 @@ disruption now is waited for, up to ``eviction_timeout``, then the pod is left),
 start again elsewhere is evicted only with ``force`` (eviction deletes it for good). A
 DaemonSet's pod and a static pod's mirror are left alone: they belong to the node. A
 migration that fails rolls back and its pod stays: it is never evicted instead (its
-memory is what the drain was asked to keep). One entry per pod says what became of it
-and why. docs/drain.md.
+memory is what the drain was asked to keep). With post-copy (``copy=lazy``), a pod it
+cannot have (a StatefulSet's, a node whose CRIU cannot serve pages lazily) moves with
+eager copy instead; a pod post-copy loses is said to be lost. One entry per pod says what
+became of it and why. docs/drain.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, plan
 
-MOVED, EVICTED, LEFT, FAILED = "moved", "evicted", "left", "failed"
+MOVED, EVICTED, LEFT, FAILED, LOST = "moved", "evicted", "left", "failed", "lost"
 EVICTION_RETRY_SECONDS = 5  # kubectl drain's
 
 
@@ -57,6 +59,9 @@ class Drain:
             return [f"node {self.node!r} not found (nodes: {', '.join(names)})"]
         if self.node not in self.nodes:
             return [f"node {self.node} is not in the inventory: no way to reach it over SSH to migrate its pods"]
+        if self.migration.get("copy_pages") == "lazy" and self.migration.get("transfer", "direct") != "direct":
+            # refused here, or every pod would be refused, then evicted
+            return ["copy=lazy (post-copy) needs transfer=direct: the target fetches the pages from the source"]
         return []
 
     def pods(self):
@@ -128,10 +133,13 @@ class Drain:
         """(Check mode) what a drain would do, changing nothing: each pod's plan."""
         _cordoned, entries, move = self.plan(check=True)
         for pod in move:
-            job = self.migration_of(pod)
             try:
-                report = job.plan_only()
-                entries.append(entry(pod, "would move", to=report.get("target")))
+                try:
+                    report, eager = self.migration_of(pod).plan_only(), None
+                except plan.MigrationError as exc:
+                    eager = self.eager_instead(exc)
+                    report = self.migration_of(pod, copy_pages="eager").plan_only()
+                entries.append(entry(pod, "would move", to=report.get("target"), eager_because=eager))
             except plan.MigrationError as exc:
                 left = self.not_evicted(pod, exc.problems)
                 entries.append(entry(pod, "would stay", why=left) if left else
@@ -149,7 +157,7 @@ class Drain:
     def report(self, entries, seconds):
         entries.sort(key=lambda e: e["pod"])
         stays = staying(entries)
-        counts = {k: sum(1 for e in entries if e["outcome"] == k) for k in (MOVED, EVICTED, LEFT, FAILED)}
+        counts = {k: sum(1 for e in entries if e["outcome"] == k) for k in (MOVED, EVICTED, LEFT, FAILED, LOST)}
         summary = (f"node {self.node}: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
                    if entries else f"node {self.node}: no pod on it")
         return {"node": self.node, "result": "not drained" if stays else "drained", "pods": entries,
@@ -158,22 +166,38 @@ class Drain:
     def migration_of(self, pod, **options):
         """An engine.Migration of ``pod``, with SSH connections of its own (they run side by side)."""
         return engine.Migration(self.api_client, engine.own_connections(self.nodes), pod["metadata"]["namespace"],
-                                pod["metadata"]["name"], **options, **self.migration)
+                                pod["metadata"]["name"], **{**self.migration, **options})
+
+    def eager_instead(self, refused):
+        """Why post-copy alone refused a pod (MigrationError ``refused``), which then moves with
+        eager copy: its memory is what the drain keeps. Any other refusal is raised again."""
+        if self.migration.get("copy_pages") != "lazy" or not all(p.startswith("copy=lazy") for p in refused.problems):
+            raise refused
+        return "; ".join(refused.problems)
 
     def migrate(self, pod):
         """The pod moved."""
         meta = pod["metadata"]
-        job = self.migration_of(pod, progress=self.progress)
+        job, eager = self.migration_of(pod, progress=self.progress), None
         try:
-            report = job.run()
+            try:
+                report = job.run()
+            except plan.MigrationError as exc:
+                eager = self.eager_instead(exc)
+                self.log(f"{meta['namespace']}/{meta['name']} moves with copy=eager: {eager}")
+                job = self.migration_of(pod, progress=self.progress, copy_pages="eager")
+                report = job.run()
         except plan.MigrationError as exc:
             return {"outcome": "refused", "why": exc.problems}
+        except engine.PodLost as exc:
+            return entry(pod, LOST, why=str(exc), migration=job.report.get("id"))
         except Exception as exc:
             return entry(pod, FAILED, why=f"{exc} ({job.report.get('result')}: the pod stays on the node)",
                          migration=job.report.get("id"))
         self.log(f"moved {meta['namespace']}/{meta['name']}: {report['summary']}")
         return entry(pod, MOVED, to=report.get("target"), now=report.get("restored_pod"),
-                     downtime_seconds=report.get("frozen_seconds"), migration=report.get("id"))
+                     downtime_seconds=report.get("frozen_seconds"), migration=report.get("id"),
+                     copy=report.get("copy"), eager_because=eager)
 
     def evict(self, pod, refused):
         """The pod evicted (the Eviction API: its PodDisruptionBudgets decide), as it could not
