@@ -879,22 +879,43 @@ def test_post_copy_whose_source_dies_before_the_last_page_ends_both_copies_and_s
                 delete_pod(api, pod.metadata.name)
 
 
+@pytest.mark.parametrize("lacks", ["pipe", "files"])
 def test_post_copy_is_refused_before_anything_changes_where_the_source_cannot_serve_pages_lazily(
-        api, cluster, counter):
+        api, cluster, counter, lacks):
+    """Where root lacks CAP_SYS_RESOURCE (as here), the source's CRIU can neither grow its
+    lazy page server's pipe past fs.pipe-max-size (here at 1 MiB) nor raise its limit of open
+    files, two of which each 4 MiB of memory takes until served (here 40: pam_limits on the
+    source's SSH sessions, as a node's limits.conf may say; the counter's dump then fails
+    with "Too many open files")."""
     source = current(api, "counter")
     bounding = node_run(cluster, source.spec.node_name, "sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status")
     if int(bounding, 16) >> 24 & 1:
-        pytest.skip("the nodes' root has CAP_SYS_RESOURCE: CRIU grows its pipe whatever fs.pipe-max-size says")
+        pytest.skip("the nodes' root has CAP_SYS_RESOURCE: CRIU grows its pipe and its limit whatever they say")
     target = next(w for w in WORKERS if w != source.spec.node_name)
-    with pipe_max_size(1 << 20):
-        res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/counter",
-                              "--to", target, "--copy", "lazy", "-i", str(cluster["inventory"]), "--json"],
-                             capture_output=True, text=True, timeout=600, check=False)
+    limits = "/etc/security/limits.d/podmigrate-test.conf"
+    if lacks == "files":
+        node_run(cluster, source.spec.node_name, f"printf 'root soft nofile 40\\nroot hard nofile 40\\n' > {limits}")
+    try:
+        with pipe_max_size(1 << 20 if lacks == "pipe" else LAZY_PIPE):
+            res = subprocess.run([sys.executable, str(ROOT / "scripts" / "podmigrate"), "migrate", "default/counter",
+                                  "--to", target, "--copy", "lazy", "-i", str(cluster["inventory"]), "--json"],
+                                 capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        node_run(cluster, source.spec.node_name, f"rm -f {limits}")
     assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
-    assert json.loads(res.stdout)["message"] == (
-        f"refused, nothing changed: copy=lazy: node {source.spec.node_name} cannot serve pages lazily: CRIU's lazy "
-        f"page server needs a 4 MiB pipe, over fs.pipe-max-size ({1 << 20}) without CAP_SYS_RESOURCE (not in the "
-        f"node's bounding set); raise fs.pipe-max-size to {LAZY_PIPE} there, or use copy=eager")
+    message = json.loads(res.stdout)["message"]
+    if lacks == "pipe":
+        assert message == (
+            f"refused, nothing changed: copy=lazy: node {source.spec.node_name} cannot serve pages lazily: CRIU's "
+            f"lazy page server needs a 4 MiB pipe, over fs.pipe-max-size ({1 << 20}) without CAP_SYS_RESOURCE (not "
+            f"in the node's bounding set); raise fs.pipe-max-size to {LAZY_PIPE} there, or use copy=eager")
+    else:
+        said = re.fullmatch(
+            f"refused, nothing changed: copy=lazy: node {source.spec.node_name} cannot hold (\\d+) MiB of a "
+            r"container's memory in CRIU's page pipes: they take about (\d+) open files \(two per 4 MiB\), over the "
+            r"hard limit of root's sessions there \(40\), which CRIU cannot raise without CAP_SYS_RESOURCE; raise "
+            "that limit, or use copy=eager", message)
+        assert said and int(said[1]) >= MEMORY_MIB and int(said[2]) > 40, message
     still = current(api, "counter")
     assert (still.metadata.uid, still.spec.node_name) == (source.metadata.uid, source.spec.node_name)
     assert leftovers(cluster) == {w: [] for w in WORKERS}

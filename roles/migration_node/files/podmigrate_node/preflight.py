@@ -210,7 +210,7 @@ def process_holdings(pid, proc="/proc", peers=None):
 
 def cmd_preflight(args):
     names = {c["id"]: c["name"] for c in pod_containers(args.uid)}
-    found, peers, memory = [], None, 0
+    found, peers, memory = [], None, {}
     for pid, cid in sorted(pod_processes(args.uid).items()):
         if cid not in names:
             continue  # the sandbox (pause): restored by the runtime, not by CRIU
@@ -218,12 +218,14 @@ def cmd_preflight(args):
             if peers is None:
                 peers = unix_peers(pid)
             found.append({"container": names[cid], **process_holdings(pid, peers=peers)})
-            memory += anonymous_bytes(pid)
+            memory[names[cid]] = memory.get(names[cid], 0) + anonymous_bytes(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited meanwhile
     # every connected unix socket of the pod's network namespace, held by its processes or not
-    # and the memory CRIU will dump (what the engine's progress counts against)
-    print(json.dumps({"processes": found, "unix_sockets": sorted(peers or {}), "memory_bytes": memory}))
+    # and the memory CRIU will dump, of the pod (what the engine's progress counts against)
+    # and of each container (what each container's CRIU holds at once)
+    print(json.dumps({"processes": found, "unix_sockets": sorted(peers or {}),
+                      "memory_bytes": sum(memory.values()), "container_memory": memory}))
 
 
 def cmd_memory(args):

@@ -535,6 +535,7 @@ class Migration(Runner):
         found = json.loads(self.source.helper("preflight", pod["metadata"]["uid"]))
         problems += preflight.problems(found)
         self.memory_bytes = found.get("memory_bytes", 0)  # what the checkpoint's progress counts against
+        self.container_memory = found.get("container_memory") or {}  # what each container's CRIU holds
         owner = plan.controller_of(pod)
         self.keeps_name = bool(owner) and owner.get("kind") in plan.NAME_KEPT
         problems += self.room_problems(pod["metadata"]["uid"])

@@ -33,6 +33,9 @@ TRANSFERS = ("direct", "share")
 SHARES = ("dir", "smb")  # what the share transfer goes through
 COPIES = ("eager", "lazy")  # the memory before the restore, or after it (post-copy, direct only)
 LAZY_PIPE = 4 << 20  # CRIU's lazy page server grows a pipe to this (docs/migration.md)
+# the open files a lazy dump's CRIU has besides its page pipes (measured here: about 30; a
+# 32 MiB counter's dump failed at a limit of 40 and passed at 50, a 1 GiB one's at 530 and 560)
+LAZY_SPARE_FILES = 48
 CAP_SYS_RESOURCE = 24
 PAGE = 4096
 
@@ -143,13 +146,25 @@ class Lazy(Direct):
         if job.keeps_name:
             found.append("copy=lazy cannot move a pod that keeps its name (a StatefulSet's): its source is "
                          "deleted before its restore, and the memory post-copy would fetch with it")
-        size, bounding = job.source.run("cat /proc/sys/fs/pipe-max-size; "
-                                        "sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status").split()
-        if int(size) < LAZY_PIPE and not int(bounding, 16) >> CAP_SYS_RESOURCE & 1:
+        size, bounding, nofile = job.source.run("cat /proc/sys/fs/pipe-max-size; "
+                                                "sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status; "
+                                                "ulimit -Hn").split()
+        if int(bounding, 16) >> CAP_SYS_RESOURCE & 1:
+            return found  # CRIU grows its pipe and raises its own limit of open files
+        if int(size) < LAZY_PIPE:
             found.append(f"copy=lazy: node {job.source.name} cannot serve pages lazily: CRIU's lazy page server "
                          f"needs a {LAZY_PIPE >> 20} MiB pipe, over fs.pipe-max-size ({int(size)}) without "
                          "CAP_SYS_RESOURCE (not in the node's bounding set); raise fs.pipe-max-size to "
                          f"{LAZY_PIPE} there, or use copy=eager")
+        # each container's CRIU holds its memory in pipes until it is served, 4 MiB in each
+        # (two descriptors); the dump raises its limit of open files to the hard one
+        memory = max(job.container_memory.values(), default=job.memory_bytes)
+        needed = 2 * -(-memory // LAZY_PIPE) + LAZY_SPARE_FILES
+        if nofile != "unlimited" and needed > int(nofile):
+            found.append(f"copy=lazy: node {job.source.name} cannot hold {memory >> 20} MiB of a container's memory "
+                         f"in CRIU's page pipes: they take about {needed} open files (two per {LAZY_PIPE >> 20} MiB), "
+                         f"over the hard limit of root's sessions there ({nofile}), which CRIU cannot raise "
+                         "without CAP_SYS_RESOURCE; raise that limit, or use copy=eager")
         return found
 
     def prepare(self):
