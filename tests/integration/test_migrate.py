@@ -670,7 +670,10 @@ def test_a_migration_whose_controller_dies_in_any_phase_is_recovered_with_one_co
 @pytest.mark.parametrize(("phase", "way", "transfer"), [
     ("stage", "back", "direct"), ("restore", "forward", "direct"),
     # the share transfer too: the source's watcher asks the verdict with a key of its own
-    ("restore", "forward", "share")])
+    ("restore", "forward", "share"),
+    # post-copy, killed as its pages phase begins: the dump session serves on without its
+    # engine; the watcher ends the source only once it has (settle waits for a dump)
+    ("pages", "forward", "lazy")])
 def test_a_migration_nobody_recovers_is_settled_by_the_source_node_itself_with_one_copy(
         api, cluster, counter, phase, way, transfer):
     source = current(api, "counter")
@@ -678,8 +681,10 @@ def test_a_migration_nobody_recovers_is_settled_by_the_source_node_itself_with_o
     checksum = ask(cluster, counter["checksum"])
     probe = Probe(cluster, counter["url"], mode="keep")
     killed = time.monotonic()
-    mid = kill_mid_phase(cluster, target, phase, "--node-deadline", "20", "--transfer", transfer,
-                         *(["--share", "dir"] if transfer == "share" else []))
+    how = ["--share", "dir"] if transfer == "share" else ["--copy", "lazy"] if transfer == "lazy" else []
+    with pipe_max_size(LAZY_PIPE) if transfer == "lazy" else contextlib.nullcontext():
+        mid = kill_mid_phase(cluster, target, phase, "--node-deadline", "20",
+                             "--transfer", "share" if transfer == "share" else "direct", *how)
     directory = f"/var/lib/podmigrate/migrations/{mid}"
     deadline = time.monotonic() + 120
     while node_run(cluster, source.spec.node_name, f"test -d {directory} && echo left || true").strip():
