@@ -23,6 +23,7 @@ import json
 import time
 
 from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import engine, plan
+from ansible_collections.podmigrate.cluster.plugins.module_utils.migration import transfer as transfers
 
 MOVED, EVICTED, LEFT, FAILED, LOST = "moved", "evicted", "left", "failed", "lost"
 EVICTION_RETRY_SECONDS = 5  # kubectl drain's
@@ -59,10 +60,9 @@ class Drain:
             return [f"node {self.node!r} not found (nodes: {', '.join(names)})"]
         if self.node not in self.nodes:
             return [f"node {self.node} is not in the inventory: no way to reach it over SSH to migrate its pods"]
-        if self.migration.get("copy_pages") == "lazy" and self.migration.get("transfer", "direct") != "direct":
-            # refused here, or every pod would be refused, then evicted
-            return ["copy=lazy (post-copy) needs transfer=direct: the target fetches the pages from the source"]
-        return []
+        # refused here, or every pod would be refused, then evicted
+        return transfers.copy_problems(self.migration.get("copy_pages", "eager"),
+                                       self.migration.get("transfer", "direct"))
 
     def pods(self):
         found = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}").items

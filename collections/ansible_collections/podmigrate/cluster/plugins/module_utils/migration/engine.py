@@ -510,10 +510,7 @@ class Migration(Runner):
         problems += self.take_lock(pod, source, target) if take_lock else self.lock_problems(pod)
         if self.transfer not in transfers.TRANSFERS:
             problems.append(f"transfer {self.transfer!r} is not one of {', '.join(transfers.TRANSFERS)}")
-        if self.copy_pages not in transfers.COPIES:
-            problems.append(f"copy {self.copy_pages!r} is not one of {', '.join(transfers.COPIES)}")
-        elif self.copy_pages == "lazy" and self.transfer != "direct":
-            problems.append("copy=lazy (post-copy) needs transfer=direct: the target fetches the pages from the source")
+        problems += transfers.copy_problems(self.copy_pages, self.transfer)
         if self.transfer == "share" and self.report["share"] not in transfers.SHARES:
             problems.append(f"share {self.report['share']!r} is not one of {', '.join(transfers.SHARES)}")
         for role, name in (("source", source), ("target", target)):

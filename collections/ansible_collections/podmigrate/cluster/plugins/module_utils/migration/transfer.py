@@ -196,6 +196,15 @@ class Lazy(Direct):
         return {"seconds": served["seconds"], "bytes": sum(int(n) for n in found.split()) * PAGE}
 
 
+def copy_problems(copy, transfer):
+    """Why ``copy`` cannot go with ``transfer`` (whatever the pod), or nothing."""
+    if copy not in COPIES:
+        return [f"copy {copy!r} is not one of {', '.join(COPIES)}"]
+    if copy == "lazy" and transfer != "direct":
+        return ["copy=lazy (post-copy) needs transfer=direct: the target fetches the pages from the source"]
+    return []
+
+
 def add_key_command(path):
     """The shell command that appends the key entry on its stdin to ``path``. Two migrations
     to one node at once change that file together; the lock beside it makes each change
