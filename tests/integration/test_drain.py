@@ -296,6 +296,9 @@ def test_kubectl_drain_migrates_the_pods_that_opted_in_and_evicts_the_others(api
             now, (pod, count, checksum) = pods[0], before[app]
             assert now.spec.node_name == w2 and "podmigrate.io/restore" in now.metadata.annotations
             assert now.metadata.uid != pod.metadata.uid
+            # kubectl drain ends once the StatefulSet's pod of that name is deleted: its restored
+            # pod, which keeps the name, may still be restoring (no address yet)
+            now = wait_ready(api, now.metadata.name)
             url = f"http://{now.status.pod_ip}:8080"
             assert int(ask(cluster, url + "/")) > count and ask(cluster, url + "/checksum") == checksum
         assert api.list_namespaced_pod("default", label_selector="app=evict-web").items[0].metadata.name == \
